@@ -1,0 +1,5 @@
+import sys
+
+from bncourse.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Grading, feedback and certificates (course design section 5)."""
