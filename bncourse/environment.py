@@ -28,13 +28,16 @@ class EnvironmentReport:
     seed: int
 
     def __str__(self) -> str:
-        return (
-            f"bncourse setup: seed={self.seed}, threads={self.threads}, device={self.device}\n"
-            f"  python {self.python}, numpy {self.numpy}, torch {self.torch}"
-        )
+        # Versions are left out on purpose: this line is printed by the first cell of every
+        # notebook and compared by nbval, so it must not change when a package is upgraded.
+        return f"bncourse setup: seed={self.seed}, threads={self.threads}, device={self.device}"
 
     def __repr__(self) -> str:
         return str(self)
+
+    def details(self) -> str:
+        """Versions too, for lesson 00 and bug reports (varies between installs)."""
+        return f"{self}\n  python {self.python}, numpy {self.numpy}, torch {self.torch}"
 
 
 def seed_everything(seed: int = 0) -> None:
