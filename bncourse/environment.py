@@ -46,6 +46,8 @@ def seed_everything(seed: int = 0) -> None:
 
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= seed < 2**32:  # NumPy's limit; checked first so nothing is half-seeded
+        raise ValueError(f"seed must be in [0, 2**32 - 1], got {seed}")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

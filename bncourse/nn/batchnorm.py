@@ -108,10 +108,13 @@ class _BatchNorm(Module):
     ) -> None:
         version = local_metadata.get("version", None)
         if (version is None or version < 2) and self.track_running_stats:
-            # Checkpoints from before version 2 have no num_batches_tracked: start it at 0.
+            # Checkpoints from before version 2 have no num_batches_tracked: keep the module's
+            # own count, as torch does (0 for a fresh module; meta tensors hold no value).
             key = prefix + "num_batches_tracked"
             if key not in state_dict:
-                state_dict[key] = torch.tensor(0, dtype=torch.long)
+                own = self.num_batches_tracked
+                keep = own is not None and own.device != torch.device("meta")
+                state_dict[key] = own if keep else torch.tensor(0, dtype=torch.long)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
             error_msgs,

@@ -1,0 +1,102 @@
+"""The `bncourse` command: doctor, lab, --version, and finding the course folder."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import bncourse
+from bncourse import cli
+
+
+def test_doctor_passes_in_this_environment(capsys):
+    assert cli.main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "[FAIL]" not in out and "All good" in out
+    for name in cli.RUNTIME_MODULES:
+        assert name in out
+
+
+def test_doctor_reports_a_missing_package(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "RUNTIME_MODULES", cli.RUNTIME_MODULES + ["no_such_module_bncourse"])
+    assert cli.main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "[FAIL] no_such_module_bncourse" in out and "pip install" in out
+    assert "1 problem(s): no_such_module_bncourse" in out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"bncourse {bncourse.__version__}"
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert cli.main([]) == 2
+    out = capsys.readouterr().out
+    assert "usage: bncourse" in out and "doctor" in out and "lab" in out
+
+
+def test_unknown_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["frobnicate"])
+    assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_command():
+    result = subprocess.run([sys.executable, "-m", "bncourse", "--version"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"bncourse {bncourse.__version__}"
+
+
+def _course_folder(root: Path) -> Path:
+    (root / "notebooks").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    return root
+
+
+def test_find_course_root_from_the_folder_or_below(tmp_path):
+    root = _course_folder(tmp_path / "course")
+    deep = root / "notebooks" / "sub"
+    deep.mkdir()
+    assert cli.find_course_root(root) == root.resolve()
+    assert cli.find_course_root(deep) == root.resolve()
+
+
+def test_find_course_root_falls_back_to_the_checkout_or_none(tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    fake_package = tmp_path / "site-packages" / "bncourse"
+    fake_package.mkdir(parents=True)
+    monkeypatch.setattr(cli, "__file__", str(fake_package / "cli.py"))
+    assert cli.find_course_root(elsewhere) is None  # installed from a wheel, outside a checkout
+    checkout = _course_folder(tmp_path / "checkout")  # an editable install's source folder
+    monkeypatch.setattr(cli, "__file__", str(checkout / "bncourse" / "cli.py"))
+    assert cli.find_course_root(elsewhere) == checkout.resolve()
+
+
+def test_lab_runs_jupyterlab_on_the_notebooks(monkeypatch, tmp_path, capsys):
+    root = _course_folder(tmp_path / "course")
+    monkeypatch.setattr(cli, "find_course_root", lambda start=None: root)
+    calls = []
+
+    def fake_call(cmd, cwd=None):
+        calls.append((cmd, cwd))
+        return 0
+
+    monkeypatch.setattr(cli.subprocess, "call", fake_call)  # never start JupyterLab in a test
+    assert cli.main(["lab", "--no-browser"]) == 0
+    ((cmd, cwd),) = calls
+    assert cmd == [sys.executable, "-m", "jupyterlab", str(root / "notebooks"), "--no-browser"]
+    assert cwd == root
+    assert "Opening the course" in capsys.readouterr().out
+
+
+def test_lab_without_a_course_folder_exits_2(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "find_course_root", lambda start=None: None)
+    monkeypatch.setattr(cli.subprocess, "call", lambda *a, **k: pytest.fail("must not start"))
+    assert cli.main(["lab"]) == 2
+    assert "cannot find the course's notebooks/ folder" in capsys.readouterr().err
