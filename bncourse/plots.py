@@ -230,8 +230,9 @@ def plot_quadratic_descent(hessian, w_star, path, title: str = "Gradient descent
     w1, w2 = np.meshgrid(np.linspace(*window[:2], 301), np.linspace(*window[2:], 301))
     d1, d2 = w1 - w_star[0], w2 - w_star[1]
     loss = 0.5 * (hessian[0, 0] * d1**2 + 2 * hessian[0, 1] * d1 * d2 + hessian[1, 1] * d2**2)
-    positive = loss[loss > 0]
-    contour_levels = np.geomspace(positive.min() * 10, loss.max(), levels)
+    e0 = path[0] - w_star
+    start = 0.5 * e0 @ hessian @ e0  # contours from the start's level down, log-spaced
+    contour_levels = np.geomspace(start / 1000, min(4 * start, loss.max()), levels)
     ax.contour(w1, w2, loss, levels=contour_levels, cmap="viridis", linewidths=0.8)
     ax.plot(path[:, 0], path[:, 1], "-o", color="C3", markersize=2.5, linewidth=1,
             label=f"gradient descent ({len(path) - 1} steps)")

@@ -5,5 +5,7 @@ drop-in replacements for their `torch.nn` namesakes.
 """
 from bncourse.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bncourse.nn.functional import BatchNormFunction, batch_norm
+from bncourse.nn.fold import fold_batchnorm, recalibrate_batchnorm
 
-__all__ = ["batch_norm", "BatchNormFunction", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = ["batch_norm", "BatchNormFunction", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
+           "fold_batchnorm", "recalibrate_batchnorm"]
