@@ -1,0 +1,224 @@
+"""The vocabulary of the grader: exercises, checks, comparisons with hints, safe result transport.
+
+An `Exercise` names the learner's object (`"02.batch_statistics"` -> `batch_statistics` in the
+module-02 notebook) and has a *driver*, `run(obj, inputs) -> result`, that calls the object on
+grader-made inputs and turns whatever comes back into plain data (arrays, numbers, strings).
+The same driver runs the trusted reference object in the grader's process; each `Check` then
+compares the two results and returns `None` (pass) or a message with a hint.
+
+Results cross the process boundary as JSON with arrays as `.npy` bytes (`encode`/`decode`):
+never pickle, so nothing a learner's process sends can run code in the grader.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = [
+    "Check",
+    "Exercise",
+    "SubmissionError",
+    "as_array",
+    "unpack",
+    "array_mismatch",
+    "encode",
+    "decode",
+    "fmt",
+]
+
+# Largest array a learner's process may send back (bytes); results here are a few kilobytes.
+MAX_ARRAY_BYTES = 16 * 2**20
+
+
+class SubmissionError(Exception):
+    """The learner's object broke the exercise's contract (wrong return type, arity, class...)."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One graded check: inputs from a seeded generator, a comparison with hints.
+
+    make_inputs(rng) -> dict of NumPy arrays and Python scalars (picklable, sent to the learner's
+    process); compare(got, expected, inputs) -> None when the check passes, else a message.
+    """
+
+    name: str
+    make_inputs: Callable[[np.random.Generator], dict]
+    compare: Callable[[dict, dict, dict], str | None]
+    points: int = 1
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """A graded exercise: the learner's object `name` in module `module`'s notebook.
+
+    run(obj, inputs) -> dict: the driver, shared by learner and reference.
+    reference() -> the trusted object the grader compares against (imported lazily).
+    forbidden: dotted names the learner's code must not call (it is the exercise to write them).
+    """
+
+    module: str
+    name: str
+    kind: str  # "function" or "class"
+    run: Callable[[Any, dict], dict]
+    reference: Callable[[], Any]
+    checks: tuple[Check, ...]
+    forbidden: tuple[str, ...] = field(default=())
+
+    @property
+    def id(self) -> str:
+        return f"{self.module}.{self.name}"
+
+    @property
+    def max_points(self) -> int:
+        return sum(check.points for check in self.checks)
+
+
+def fmt(value) -> str:
+    """A number with 4 significant digits (deterministic, short)."""
+    try:
+        return f"{float(value):.4g}"
+    except (TypeError, ValueError):
+        return repr(value)[:40]
+
+
+def _describe(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of length {len(value)}"
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return f"{type(value).__name__} with shape {tuple(shape)}"
+    return type(value).__name__
+
+
+def as_array(value, what: str) -> np.ndarray:
+    """The learner's value as a NumPy array (torch tensors detached), or SubmissionError."""
+    if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    if value is None:
+        raise SubmissionError(f"{what} is None: did you forget a `return`?")
+    try:
+        array = np.array(value)
+    except Exception as exc:  # an object numpy cannot read
+        raise SubmissionError(f"{what} is not an array: {_describe(value)} ({exc})") from None
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise SubmissionError(f"{what} must be an array of numbers, got {_describe(value)}")
+    return array
+
+
+def unpack(value, names: tuple[str, ...], function: str) -> tuple:
+    """Check that `function` returned a tuple of len(names) values."""
+    wanted = "(" + ", ".join(names) + ")"
+    if not isinstance(value, (tuple, list)) or len(value) != len(names):
+        raise SubmissionError(f"{function} must return a tuple {wanted}, got {_describe(value)}")
+    return tuple(value)
+
+
+def _index(flat_index: int, shape) -> str:
+    return str(tuple(int(i) for i in np.unravel_index(flat_index, shape)))
+
+
+def array_mismatch(got, expected, what: str, rtol: float, atol: float, *, dtype=None,
+                   hints=(), shape_hints=()) -> str | None:
+    """None when `got` matches `expected` within tolerances, else what differs and a hint.
+
+    hints: (text, make_alternative) pairs: when `got` matches `make_alternative()` (a typical
+    mistake computed from the same inputs), the message ends with `Hint: text`.
+    shape_hints: (text, predicate(got_shape)) pairs for a wrong shape.
+    """
+    got = np.asarray(got)
+    expected = np.asarray(expected)
+    if got.shape != expected.shape:
+        message = f"{what} has shape {got.shape}, expected {expected.shape}"
+        for text, predicate in shape_hints:
+            try:
+                if predicate(got.shape):
+                    return f"{message}. Hint: {text}"
+            except Exception:
+                continue
+        return message
+    if dtype is not None and got.dtype != np.dtype(dtype):
+        return (f"{what} has dtype {got.dtype}, expected {np.dtype(dtype)} "
+                f"(keep the dtype of the input)")
+    if got.dtype == np.bool_ or not np.issubdtype(got.dtype, np.number):
+        got = got.astype(np.float64)
+    got64 = got.astype(np.complex128 if np.iscomplexobj(got) else np.float64)
+    exp64 = expected.astype(np.float64)
+    bad_nan = np.isnan(got64) & ~np.isnan(exp64)
+    if bad_nan.any():
+        first = int(np.flatnonzero(bad_nan)[0])
+        return f"{what} contains NaN (first at index {_index(first, got.shape)})"
+    close = np.isclose(got64, exp64, rtol=rtol, atol=atol, equal_nan=True)
+    if close.all():
+        return None
+    first = int(np.flatnonzero(~close)[0])
+    scale = max(float(np.nanmax(np.abs(exp64))) if exp64.size else 0.0, 1e-300)
+    rel = float(np.nanmax(np.abs(got64 - exp64))) / scale
+    message = (f"{what} differs: at index {_index(first, got.shape)} got "
+               f"{fmt(np.real(got64.flat[first]))}, expected {fmt(exp64.flat[first])} "
+               f"(max error relative to max |expected|: {rel:.2g})")
+    for text, make_alternative in hints:
+        try:
+            alternative = np.asarray(make_alternative(), dtype=np.float64)
+            if alternative.shape == got.shape and np.allclose(got64, alternative, rtol=rtol,
+                                                              atol=atol):
+                return f"{message}. Hint: {text}"
+        except Exception:
+            continue
+    return message
+
+
+# --- transport: JSON with arrays as .npy bytes, never pickle ------------------------------
+
+def encode(value, depth: int = 0):
+    """Plain data -> JSON-ready data; arrays become {"__ndarray__": base64 .npy bytes}."""
+    if depth > 8:
+        raise SubmissionError("result nested too deeply")
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        if value.dtype == object:
+            raise SubmissionError("result is an array of Python objects, not numbers")
+        buffer = io.BytesIO()
+        np.save(buffer, value, allow_pickle=False)
+        return {"__ndarray__": base64.b64encode(buffer.getvalue()).decode("ascii")}
+    if isinstance(value, (list, tuple)):
+        return [encode(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {str(k): encode(v, depth + 1) for k, v in value.items()}
+    raise SubmissionError(f"cannot send a {type(value).__name__} back to the grader")
+
+
+def decode(value, depth: int = 0):
+    """Inverse of `encode`, defensive: anything unexpected raises ValueError."""
+    if depth > 10:
+        raise ValueError("result nested too deeply")
+    if isinstance(value, dict):
+        if set(value) == {"__ndarray__"}:
+            raw = base64.b64decode(value["__ndarray__"], validate=True)
+            if len(raw) > MAX_ARRAY_BYTES:
+                raise ValueError("array in result too large")
+            array = np.load(io.BytesIO(raw), allow_pickle=False)
+            if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+                raise ValueError(f"array of dtype {array.dtype} in result")
+            return array
+        return {str(k): decode(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode(v, depth + 1) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise ValueError(f"unexpected {type(value).__name__} in result")
+
+
+def roundtrip(result: dict) -> dict:
+    """encode -> JSON -> decode: what the grader would receive from a child process."""
+    return decode(json.loads(json.dumps(encode(result))))

@@ -1,0 +1,218 @@
+"""`bncourse grade PATH`: grade one exercise notebook or a folder of them.
+
+For each notebook: read its bytes once (the SHA-256 and the grade refer to those bytes), find
+its module, run its code and the module's checks in a child process (`sandbox.py`), and score
+each check here, against the trusted reference. Learner files are only read, never written.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bncourse._version import __version__
+from bncourse.grading import registry
+from bncourse.grading.checks import decode
+from bncourse.grading.notebook import (NotebookError, code_cells, forbidden_uses,
+                                       load_notebook, notebook_module)
+from bncourse.grading.results import (CheckResult, ExerciseResult, clean_text, evaluate,
+                                      make_inputs)
+from bncourse.grading.sandbox import SandboxLimits, run_notebook
+
+__all__ = ["NotebookReport", "GradeReport", "grade_notebook", "grade_path", "find_notebooks",
+           "GRADER_VERSION"]
+
+GRADER_VERSION = 1
+
+
+@dataclass
+class NotebookReport:
+    path: str
+    sha256: str
+    module: str | None
+    exercises: list[ExerciseResult] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def points(self) -> int:
+        return sum(e.points for e in self.exercises)
+
+    @property
+    def max_points(self) -> int:
+        return sum(e.max_points for e in self.exercises)
+
+    @property
+    def score(self) -> float:
+        return self.points / self.max_points if self.max_points else 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.max_points > 0 and self.score >= registry.PASS_MARK - 1e-12
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "sha256": self.sha256, "module": self.module,
+                "points": self.points, "max_points": self.max_points,
+                "score": round(self.score, 4), "passed": self.passed, "errors": self.errors,
+                "exercises": [e.to_json() for e in self.exercises]}
+
+
+@dataclass
+class GradeReport:
+    notebooks: list[NotebookReport]
+    seed: int
+    skipped: list[str] = field(default_factory=list)
+
+    def modules(self) -> dict[str, dict]:
+        """Per module: points, max_points, score, passed, notebook (the first one found)."""
+        summary = {}
+        for nb in self.notebooks:
+            if nb.module is None or nb.module in summary or nb.max_points == 0:
+                continue
+            summary[nb.module] = {"points": nb.points, "max_points": nb.max_points,
+                                  "score": round(nb.score, 4), "passed": nb.passed,
+                                  "notebook": nb.path}
+        return dict(sorted(summary.items()))
+
+    def to_json(self) -> dict:
+        return {"course_version": __version__, "grader_version": GRADER_VERSION,
+                "pass_mark": registry.PASS_MARK, "seed": self.seed,
+                "modules": self.modules(),
+                "notebooks": [nb.to_json() for nb in self.notebooks],
+                "skipped": self.skipped}
+
+    def text(self) -> str:
+        lines = []
+        for nb in self.notebooks:
+            lines.append(f"{nb.path}  (module {nb.module or '?'})")
+            for error in nb.errors:
+                lines.append(f"  ! {error}")
+            for ex in nb.exercises:
+                lines.append(f"  {ex.id}: {ex.points}/{ex.max_points}")
+                for c in ex.checks:
+                    mark = "✓" if c.passed else "✗"
+                    lines.append(f"    {mark} {c.name}" + ("" if c.passed else f": {c.message}"))
+            if nb.max_points:
+                verdict = "passed" if nb.passed else "not passed"
+                lines.append(f"  module {nb.module}: {nb.points}/{nb.max_points} points "
+                             f"({nb.score:.0%}; pass mark {registry.PASS_MARK:.0%}): {verdict}")
+            lines.append("")
+        for path in self.skipped:
+            lines.append(f"skipped (not an exercise notebook of a graded module): {path}")
+        modules = self.modules()
+        if modules:
+            lines.append("Summary: " + ", ".join(
+                f"{m} {v['score']:.0%} {'PASS' if v['passed'] else 'FAIL'}"
+                for m, v in modules.items()))
+        return "\n".join(lines).rstrip() + "\n"
+
+
+def _decoded(outcome):
+    """The child's outcome with its result decoded from JSON transport (None stays None)."""
+    if not isinstance(outcome, dict):
+        return None
+    outcome = dict(outcome)
+    if outcome.get("status") == "ok":
+        try:
+            outcome["result"] = decode(outcome.get("result"))
+        except Exception:  # anything malformed is the submission's problem, not the grader's
+            outcome.update(status="error", message="the result sent back could not be read",
+                           result=None)
+    return outcome
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def grade_notebook(path, limits: SandboxLimits = SandboxLimits(), seed: int | None = None,
+                   display_path: str | None = None) -> NotebookReport:
+    """Grade one notebook. NotebookError if it cannot be read as a notebook."""
+    path = Path(path)
+    seed = secrets.randbelow(2**31) if seed is None else seed
+    data = path.read_bytes()
+    report = NotebookReport(path=display_path or str(path), sha256=_sha256(data), module=None)
+    nb = load_notebook(data, path.name)
+    report.module = notebook_module(nb, path.name)
+    exercises = registry.module_exercises(report.module) if report.module else []
+    if not exercises:
+        report.errors.append(f"no graded exercises for module {report.module!r}")
+        return report
+    cells = code_cells(nb)
+    tasks, plan = [], []
+    for exercise in exercises:
+        for index, check in enumerate(exercise.checks):
+            inputs = make_inputs(exercise, index, seed)
+            plan.append((exercise, check, inputs, index))
+            tasks.append({"task": len(tasks), "exercise": exercise.id, "inputs": inputs})
+    sandbox = run_notebook(data, path.name, cells, tasks, limits)
+    for index, error in sorted(sandbox.cell_errors.items()):
+        report.errors.append(f"cell {index}: {clean_text(error)}")
+    report.errors.extend(sandbox.notes)
+    tampered = sandbox.notebook_copy_changed
+    if tampered:
+        report.errors.append("the notebook's code wrote to the notebook file while being "
+                             "graded: every check scores 0")
+    results = {}
+    for task_index, (exercise, check, inputs, index) in enumerate(plan):
+        static = forbidden_uses(cells, exercise.name, exercise.forbidden)
+        result = evaluate(exercise, check, inputs, _decoded(sandbox.task_outcomes[task_index]),
+                          static,
+                          expected_key=(exercise.id, index, seed))
+        if tampered:
+            result = CheckResult(check.name, 0, check.points, "the notebook file was modified "
+                                 "during grading")
+        results.setdefault(exercise.id, ExerciseResult(exercise.id)).checks.append(result)
+    report.exercises = list(results.values())
+    return report
+
+
+def find_notebooks(path: Path) -> list[Path]:
+    """The notebooks to grade under `path` (a notebook, or a folder searched recursively)."""
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+
+
+def grade_path(path, limits: SandboxLimits = SandboxLimits(), seed: int | None = None,
+               modules=None) -> GradeReport:
+    """Grade a notebook or every exercise notebook in a folder.
+
+    ValueError for a path that does not exist, is not a notebook, or holds none.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or folder")
+    if path.is_file() and path.suffix != ".ipynb":
+        raise ValueError(f"{path} is not a notebook (.ipynb)")
+    notebooks = find_notebooks(path)
+    if not notebooks:
+        raise ValueError(f"{path}: no notebooks (.ipynb) found")
+    seed = secrets.randbelow(2**31) if seed is None else seed
+    report = GradeReport(notebooks=[], seed=seed)
+    for nb_path in notebooks:
+        shown = str(nb_path)
+        try:
+            nb = load_notebook(nb_path.read_bytes(), nb_path.name)
+        except NotebookError as exc:
+            if path.is_file():
+                raise ValueError(str(exc)) from None
+            report.skipped.append(shown)
+            continue
+        module = notebook_module(nb, nb_path.name)
+        if (not registry.module_exercises(module or "")
+                or (modules is not None and module not in modules)):
+            if path.is_file():
+                report.notebooks.append(NotebookReport(
+                    shown, _sha256(nb_path.read_bytes()), module,
+                    errors=[f"no graded exercises for module {module!r}"]))
+            else:
+                report.skipped.append(shown)
+            continue
+        report.notebooks.append(grade_notebook(nb_path, limits, seed, display_path=shown))
+    return report
+
+
+def dump_json(report: GradeReport) -> str:
+    return json.dumps(report.to_json(), indent=2, ensure_ascii=False)

@@ -1,0 +1,168 @@
+"""Reading a learner's notebook without running it: its module, its code, forbidden calls.
+
+Everything here is static (JSON and `ast`), so it is safe to run in the grader's process.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+__all__ = ["NotebookError", "load_notebook", "notebook_module", "code_cells",
+           "forbidden_uses", "forbidden_uses_in_source"]
+
+
+class NotebookError(ValueError):
+    """The file is not a Jupyter notebook the grader can read."""
+
+
+def load_notebook(data: bytes, name: str = "notebook") -> dict:
+    """Parse notebook JSON (nbformat 4) from bytes; NotebookError if it is not one."""
+    try:
+        nb = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise NotebookError(f"{name} is not a Jupyter notebook (invalid JSON: {exc})") from None
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        raise NotebookError(f"{name} is not a Jupyter notebook (no list of cells)")
+    return nb
+
+
+def _source(cell) -> str:
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else str(source)
+
+
+def notebook_module(nb: dict, filename: str) -> str | None:
+    """The module a notebook belongs to: metadata["bncourse"]["module"], else the file's
+    two-digit prefix ("02_forward_exercises.ipynb" -> "02")."""
+    meta = nb.get("metadata", {})
+    meta = meta.get("bncourse", {}) if isinstance(meta, dict) else {}
+    if isinstance(meta, dict) and isinstance(meta.get("module"), str):
+        return meta["module"]
+    match = re.match(r"(\d\d)_", Path(filename).name)
+    return match.group(1) if match else None
+
+
+def _strip_magics(source: str) -> str:
+    """IPython magics and shell escapes are not Python: comment them out."""
+    lines = []
+    for line in source.splitlines():
+        stripped = line.lstrip()
+        lines.append(f"# (skipped by the grader) {line}" if stripped.startswith(("%", "!"))
+                     else line)
+    return "\n".join(lines)
+
+
+def _is_check_call(node: ast.AST) -> bool:
+    """`bncourse.check(...)` or `check(...)` as a statement."""
+    if not isinstance(node, ast.Expr) or not isinstance(node.value, ast.Call):
+        return False
+    func = node.value.func
+    return (isinstance(func, ast.Attribute) and func.attr == "check") or (
+        isinstance(func, ast.Name) and func.id == "check")
+
+
+def code_cells(nb: dict) -> list[tuple[int, str]]:
+    """(cell index, source) of each code cell to execute when grading: magics commented out,
+    `bncourse.check(...)` statements dropped (the grader runs its own checks)."""
+    cells = []
+    for index, cell in enumerate(nb["cells"]):
+        if not isinstance(cell, dict) or cell.get("cell_type") != "code":
+            continue
+        source = _strip_magics(_source(cell))
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            cells.append((index, source))  # the child reports the syntax error
+            continue
+        kept = [node for node in tree.body if not _is_check_call(node)]
+        if not kept:
+            continue
+        if len(kept) != len(tree.body):
+            lines = source.splitlines()
+            source = "\n".join(
+                "\n".join(lines[node.lineno - 1:node.end_lineno]) for node in kept)
+        cells.append((index, source))
+    return cells
+
+
+# Subclassing torch's batch norm is using it: forbidding `_BatchNorm.forward` forbids these.
+_BN_CLASSES = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LazyBatchNorm1d",
+               "LazyBatchNorm2d", "LazyBatchNorm3d"}
+
+
+def _forbidden_parts(forbidden) -> set[str]:
+    """The names to look for: `batch_norm` for `torch.batch_norm`, the class for a method."""
+    parts = {name.split(".")[-2] if name.endswith(".forward") else name.split(".")[-1]
+             for name in forbidden}
+    return parts | _BN_CLASSES if "_BatchNorm" in parts else parts
+
+
+def _forbidden_modules(forbidden) -> set[str]:
+    return {name.rsplit(".", 1)[0] for name in forbidden}
+
+
+def _import_aliases(tree: ast.AST, forbidden) -> dict[str, str]:
+    """Local names bound to a forbidden function or class by an import statement."""
+    parts = _forbidden_parts(forbidden)
+    modules = _forbidden_modules(forbidden) | {"torch.nn", "bncourse.nn"}
+    aliases = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                if alias.name in parts and (node.module in modules
+                                            or node.module.startswith(("torch", "bncourse"))):
+                    aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    return aliases
+
+
+def forbidden_uses_in_source(source: str, name: str, forbidden, aliases=None) -> list[str]:
+    """Forbidden names used inside the definition of `name` (def or class, bases included)."""
+    if not forbidden:
+        return []
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    parts = _forbidden_parts(forbidden)
+    aliases = _import_aliases(tree, forbidden) if aliases is None else aliases
+    found = []
+    for node in tree.body:
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        if node.name != name:
+            continue
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Attribute) and sub.attr in parts:
+                found.append(ast.unparse(sub))
+            elif isinstance(sub, ast.Name) and sub.id in aliases and sub.id != name:
+                found.append(aliases[sub.id])
+    return list(dict.fromkeys(found))
+
+
+def forbidden_uses(cells: list[tuple[int, str]], name: str, forbidden) -> list[str]:
+    """Forbidden names used by the (last) definition of `name` in the notebook's code cells."""
+    if not forbidden:
+        return []
+    aliases = {}
+    for _, source in cells:
+        try:
+            aliases.update(_import_aliases(ast.parse(source), forbidden))
+        except SyntaxError:
+            continue
+    found = []
+    for _, source in cells:
+        uses = forbidden_uses_in_source(source, name, forbidden, aliases)
+        if uses or _defines(source, name):
+            found = uses  # a later definition replaces an earlier one
+    return found
+
+
+def _defines(source: str, name: str) -> bool:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return False
+    return any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+               and node.name == name for node in tree.body)

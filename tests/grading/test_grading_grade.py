@@ -1,0 +1,111 @@
+"""`bncourse grade`: solutions score 100%, stubs 0%, the reports, the exit codes, and learner
+files left exactly as they were."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bncourse.cli import main
+from bncourse.grading import registry
+from bncourse.grading.assign import out_of_date, strip_solutions
+from bncourse.grading.grade import grade_path
+
+from grading_helpers import EXERCISES, ROOT, SOLUTIONS, folder_hashes, write_notebook
+
+
+@pytest.fixture(scope="module")
+def solutions_report():
+    before = folder_hashes(SOLUTIONS)
+    report = grade_path(SOLUTIONS, seed=1234)
+    assert folder_hashes(SOLUTIONS) == before, "grading wrote to a learner's folder"
+    return report
+
+
+def test_solutions_score_100_percent(solutions_report):
+    modules = solutions_report.modules()
+    assert sorted(modules) == list(registry.REQUIRED_MODULES)
+    for module, summary in modules.items():
+        assert summary["points"] == summary["max_points"] > 0, solutions_report.text()
+        assert summary["passed"]
+    for nb in solutions_report.notebooks:
+        assert nb.errors == [], nb.errors
+
+
+def test_json_report_has_checks_and_hashes(solutions_report):
+    data = json.loads(json.dumps(solutions_report.to_json()))
+    assert data["pass_mark"] == registry.PASS_MARK and data["seed"] == 1234
+    nb = data["notebooks"][0]
+    assert len(nb["sha256"]) == 64
+    check = nb["exercises"][0]["checks"][0]
+    assert set(check) >= {"name", "points", "max_points", "passed", "message"}
+
+
+def test_stubs_score_0_percent():
+    before = folder_hashes(EXERCISES)
+    report = grade_path(EXERCISES, seed=1)
+    assert folder_hashes(EXERCISES) == before
+    assert sorted(report.modules()) == list(registry.REQUIRED_MODULES)
+    for nb in report.notebooks:
+        assert nb.points == 0 and nb.max_points > 0
+        for exercise in nb.exercises:
+            assert all(c.message == "not implemented yet" for c in exercise.checks)
+
+
+def test_exercises_are_generated_from_solutions():
+    problems = out_of_date(SOLUTIONS, EXERCISES)
+    assert not problems, ("exercises/ is out of date; run `python -m bncourse.grading.assign`: "
+                          + "; ".join(problems))
+
+
+def test_exercise_notebooks_are_committed_executed():
+    for path in EXERCISES.glob("*.ipynb"):
+        nb = json.loads(path.read_text())
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        assert all(c["execution_count"] is not None for c in code), path.name
+
+
+def test_strip_solutions_keeps_indentation_and_the_rest():
+    source = ("def f(x):\n    \"\"\"Doc.\"\"\"\n    ### BEGIN SOLUTION\n    return x\n"
+              "    ### END SOLUTION\n\nprint(1)")
+    stripped = strip_solutions(source)
+    assert stripped == ('def f(x):\n    """Doc."""\n    # YOUR CODE HERE\n'
+                        '    raise NotImplementedError("replace this line with your code")\n'
+                        '\nprint(1)')
+
+
+@pytest.mark.parametrize("source", ["### BEGIN SOLUTION\nx = 1", "x = 1\n### END SOLUTION",
+                                    "### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION"])
+def test_strip_solutions_rejects_unbalanced_markers(source):
+    with pytest.raises(ValueError, match="SOLUTION"):
+        strip_solutions(source)
+
+
+def test_cli_exit_status(tmp_path, capsys):
+    assert main(["grade", str(tmp_path / "missing.ipynb")]) == 2
+    (tmp_path / "notes.txt").write_text("hello")
+    assert main(["grade", str(tmp_path / "notes.txt")]) == 2
+    (tmp_path / "broken.ipynb").write_text("{not json")
+    assert main(["grade", str(tmp_path / "broken.ipynb")]) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["grade", str(empty)]) == 2
+    assert "bncourse grade:" in capsys.readouterr().err
+    # A notebook of an ungraded module: graded (nothing to grade), exit 0.
+    write_notebook(tmp_path, "99_other.ipynb", ["x = 1"])
+    assert main(["grade", str(tmp_path / "99_other.ipynb")]) == 0
+    assert "no graded exercises" in capsys.readouterr().out
+
+
+def test_cli_grades_a_failing_notebook_with_status_0_and_json(tmp_path):
+    path = write_notebook(tmp_path, "02_forward_exercises.ipynb",
+                          ["def batch_statistics(x):\n    return 1, 2"])
+    done = subprocess.run([sys.executable, "-m", "bncourse", "grade", str(path), "--json",
+                           "--timeout", "5", "--seed", "3"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    module = data["modules"]["02"]
+    assert module["points"] == 0 and module["passed"] is False
+    messages = [c["message"] for e in data["notebooks"][0]["exercises"] for c in e["checks"]]
+    assert "`batchnorm_forward` is not defined: run its cell first" in messages
