@@ -237,6 +237,10 @@ def check_record(record, key: bytes | None, folder=None, limits: SandboxLimits =
         elif (nb.points, nb.max_points) != (claimed.get("points"), claimed.get("max_points")):
             failures.append(f"module {module}: re-graded {nb.points}/{nb.max_points}, the "
                             f"record says {claimed.get('points')}/{claimed.get('max_points')}")
+        elif not isinstance(claimed.get("score"), (int, float)) or abs(
+                claimed["score"] - round(nb.score, 4)) > 1e-4:
+            failures.append(f"module {module}: re-graded {nb.score:.0%}, the record says "
+                            f"{claimed.get('score')!r}")
         elif not nb.passed:
             failures.append(f"module {module}: re-graded {nb.score:.0%}, below the pass mark")
         if claimed.get("passed") is not True:

@@ -79,12 +79,22 @@ class Exercise:
         return sum(check.points for check in self.checks)
 
 
-def fmt(value) -> str:
-    """A number with 4 significant digits (deterministic, short)."""
+def fmt(value, other=None) -> str:
+    """A number with 4 significant digits (deterministic, short).
+
+    With `other`, as many digits (up to 10) as it takes for the two to print differently, so
+    that "got 0.8758, expected 0.8758" never happens.
+    """
     try:
-        return f"{float(value):.4g}"
+        value = float(value)
     except (TypeError, ValueError):
         return repr(value)[:40]
+    digits = 4
+    if other is not None:
+        other = float(other)
+        while digits < 10 and f"{value:.{digits}g}" == f"{other:.{digits}g}" and value != other:
+            digits += 1
+    return f"{value:.{digits}g}"
 
 
 def _describe(value) -> str:
@@ -160,7 +170,8 @@ def array_mismatch(got, expected, what: str, rtol: float, atol: float, *, dtype=
     scale = max(float(np.nanmax(np.abs(exp64))) if exp64.size else 0.0, 1e-300)
     rel = float(np.nanmax(np.abs(got64 - exp64))) / scale
     message = (f"{what} differs: at index {_index(first, got.shape)} got "
-               f"{fmt(np.real(got64.flat[first]))}, expected {fmt(exp64.flat[first])} "
+               f"{fmt(np.real(got64.flat[first]), exp64.flat[first])}, expected "
+               f"{fmt(exp64.flat[first], np.real(got64.flat[first]))} "
                f"(max error relative to max |expected|: {rel:.2g})")
     for text, make_alternative in hints:
         try:

@@ -88,8 +88,10 @@ def register(subparsers) -> None:
     cert = subparsers.add_parser("certificate", help="grade every module and issue a "
                                  "certificate (PDF + JSON record) when all pass")
     cert.add_argument("--name", required=True, help="the learner's name, as it should appear")
-    cert.add_argument("--path", default="exercises/", help="folder of exercise notebooks")
-    cert.add_argument("--out", default="certificates/", help="folder for the certificate")
+    cert.add_argument("--path", default="exercises/",
+                      help="folder of exercise notebooks (default exercises/)")
+    cert.add_argument("--out", default="certificates/",
+                      help="folder for the certificate (default certificates/)")
     cert.add_argument("--key-file", default=None, help="instructor's HMAC key (or set "
                       "BNCOURSE_CERT_KEY); without one the record is unsigned")
     _add_limits(cert)

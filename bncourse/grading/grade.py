@@ -198,7 +198,14 @@ def grade_path(path, limits: SandboxLimits = SandboxLimits(), seed: int | None =
         except NotebookError as exc:
             if path.is_file():
                 raise ValueError(str(exc)) from None
-            report.skipped.append(shown)
+            # A damaged exercise notebook must say so, not vanish into "skipped".
+            module = notebook_module({}, nb_path.name)
+            if registry.module_exercises(module or "") and (modules is None or module in modules):
+                report.notebooks.append(NotebookReport(
+                    shown, _sha256(nb_path.read_bytes()), module,
+                    errors=[f"cannot be graded: {exc}"]))
+            else:
+                report.skipped.append(shown)
             continue
         module = notebook_module(nb, nb_path.name)
         if (not registry.module_exercises(module or "")

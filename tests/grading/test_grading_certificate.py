@@ -121,6 +121,16 @@ def test_edited_scores_fail_even_unsigned(fake_grading):
     assert any("module 04: re-graded 5/5" in f for f in failures)
 
 
+@pytest.mark.parametrize("score", [0.5, 0.99, "100%", None])
+def test_an_edited_score_fails_even_unsigned(fake_grading, score):
+    folder, report = fake_grading
+    record = build_record("Ada", folder, report, None)  # honest: 100% everywhere
+    assert check_record(record, None, folder)[0] == []
+    record["modules"]["03"]["score"] = score  # points and max_points left as they were
+    failures, _ = check_record(record, None, folder)
+    assert any(f.startswith("module 03: re-graded 100%, the record says") for f in failures)
+
+
 def test_no_certificate_when_a_module_fails(tmp_path, monkeypatch, capsys):
     (tmp_path / "work").mkdir()
     report = _fake_report(tmp_path / "work", points=3)  # 60% < 80%

@@ -199,3 +199,12 @@ def test_output_is_deterministic(solution_objects, capsys):
         outputs.append(capsys.readouterr().out)
     assert outputs[0] == outputs[1]
     assert not re.search(r"0x[0-9a-f]{6,}|\d+\.\d+ ?s\b", outputs[0])
+
+
+def test_numbers_in_a_mismatch_never_print_the_same():
+    from bncourse.grading.checks import fmt
+
+    assert fmt(0.87581234) == "0.8758"
+    got, expected = 0.87581234, 0.87584321
+    assert fmt(got, expected) != fmt(expected, got)
+    assert fmt(2.16, 2.16) == "2.16"  # equal numbers stay short

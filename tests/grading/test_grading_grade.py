@@ -109,3 +109,15 @@ def test_cli_grades_a_failing_notebook_with_status_0_and_json(tmp_path):
     assert module["points"] == 0 and module["passed"] is False
     messages = [c["message"] for e in data["notebooks"][0]["exercises"] for c in e["checks"]]
     assert "`batchnorm_forward` is not defined: run its cell first" in messages
+
+
+def test_a_damaged_exercise_notebook_in_a_folder_is_reported_not_skipped(tmp_path):
+    (tmp_path / registry.NOTEBOOKS["03"]).write_text('{"cells": [')  # truncated JSON
+    (tmp_path / "notes.ipynb").write_text("{}")  # no module: skipped
+    report = grade_path(tmp_path, seed=0)
+    [damaged] = report.notebooks
+    assert damaged.module == "03" and damaged.max_points == 0
+    assert damaged.errors and damaged.errors[0].startswith("cannot be graded:")
+    assert "03" not in report.modules()
+    assert "cannot be graded" in report.text()
+    assert [p.endswith("notes.ipynb") for p in report.skipped] == [True]
