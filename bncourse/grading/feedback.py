@@ -44,6 +44,12 @@ class CheckReport:
         return (f"CheckReport({self.exercise_id!r}, points={self.result.points}/"
                 f"{self.result.max_points})")
 
+    def _ipython_display_(self) -> None:
+        # check() has printed the report; showing the repr as the cell's result would repeat
+        # it. A report made with quiet=True is shown in full instead.
+        if not getattr(self, "printed", False):
+            print(self.text())
+
     def text(self) -> str:
         r = self.result
         if self.not_implemented:
@@ -130,7 +136,9 @@ def check(exercise_id, obj, *, timeout: float = 10.0, seed: int = 0, quiet: bool
         report = CheckReport(exercise.id, result)
         if not quiet:
             print(f"{exercise.id}: the check stopped ({describe_exception(exc)})")
+            report.printed = True
         return report
     if not quiet:
         print(report.text())
+        report.printed = True
     return report

@@ -208,3 +208,15 @@ def test_numbers_in_a_mismatch_never_print_the_same():
     got, expected = 0.87581234, 0.87584321
     assert fmt(got, expected) != fmt(expected, got)
     assert fmt(2.16, 2.16) == "2.16"  # equal numbers stay short
+
+
+def test_a_printed_report_is_not_shown_again_as_the_cell_result(capsys):
+    report = bncourse.check("02.batch_statistics", lambda x: None)
+    printed = capsys.readouterr().out
+    assert printed.startswith("02.batch_statistics")
+    report._ipython_display_()  # what Jupyter calls for a cell's last value
+    assert capsys.readouterr().out == ""
+    quiet = bncourse.check("02.batch_statistics", lambda x: None, quiet=True)
+    assert capsys.readouterr().out == ""
+    quiet._ipython_display_()
+    assert capsys.readouterr().out == quiet.text() + "\n"
