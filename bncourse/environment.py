@@ -87,8 +87,25 @@ def setup(seed: int = 0, threads: int = 1) -> EnvironmentReport:
     # Progress bars are noise in executed notebooks under test; learners still see them.
     if os.environ.get("PYTEST_CURRENT_TEST") or "pytest" in sys.modules:
         os.environ.setdefault("TQDM_DISABLE", "1")
-    _set_plot_style()
+    _use_inline_plots_in_notebooks()
+    _set_plot_style()  # after the backend: activating the inline backend applies its own rc
     return environment_report(seed=seed, threads=threads)
+
+
+def _use_inline_plots_in_notebooks() -> None:
+    """In a Jupyter kernel started with MPLBACKEND=Agg (as headless CI does), `plt.show()`
+    would show nothing and leave no output for nbval to compare: switch to the inline backend.
+    Any other backend the learner chose (widget, qt, ...) is left alone."""
+    try:
+        import matplotlib
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "kernel"):  # a terminal or a script: nothing to do
+        return
+    if matplotlib.get_backend().lower() == "agg":
+        shell.run_line_magic("matplotlib", "inline")
 
 
 def _set_plot_style() -> None:
