@@ -201,9 +201,7 @@ def grade_path(path, limits: SandboxLimits = SandboxLimits(), seed: int | None =
             # A damaged exercise notebook must say so, not vanish into "skipped".
             module = notebook_module({}, nb_path.name)
             if registry.module_exercises(module or "") and (modules is None or module in modules):
-                report.notebooks.append(NotebookReport(
-                    shown, _sha256(nb_path.read_bytes()), module,
-                    errors=[f"cannot be graded: {exc}"]))
+                report.notebooks.append(_ungraded(nb_path, shown, module, f"cannot be graded: {exc}"))
             else:
                 report.skipped.append(shown)
             continue
@@ -211,14 +209,18 @@ def grade_path(path, limits: SandboxLimits = SandboxLimits(), seed: int | None =
         if (not registry.module_exercises(module or "")
                 or (modules is not None and module not in modules)):
             if path.is_file():
-                report.notebooks.append(NotebookReport(
-                    shown, _sha256(nb_path.read_bytes()), module,
-                    errors=[f"no graded exercises for module {module!r}"]))
+                report.notebooks.append(_ungraded(nb_path, shown, module,
+                                                  f"no graded exercises for module {module!r}"))
             else:
                 report.skipped.append(shown)
             continue
         report.notebooks.append(grade_notebook(nb_path, limits, seed, display_path=shown))
     return report
+
+
+def _ungraded(nb_path: Path, shown: str, module: str | None, error: str) -> NotebookReport:
+    """The report of a notebook that could not be graded: its hash, its module, the reason."""
+    return NotebookReport(shown, _sha256(nb_path.read_bytes()), module, errors=[error])
 
 
 def dump_json(report: GradeReport) -> str:
