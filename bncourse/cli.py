@@ -14,11 +14,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from bncourse._version import __version__
 
-__all__ = ["main", "find_course_root", "doctor_checks"]
+__all__ = ["main", "find_course_root", "doctor_checks", "sandbox_check"]
 
 # The packages the course needs at run time, by import name.
 RUNTIME_MODULES = ["numpy", "torch", "matplotlib", "tqdm", "sklearn", "gymnasium", "mnist1d",
@@ -62,7 +63,31 @@ def doctor_checks() -> list[tuple[str, bool, str]]:
     root = find_course_root()
     results.append(("course folder", root is not None, str(root) if root else
                     "notebooks/ not found: run bncourse from the course checkout"))
+    results.append(sandbox_check(root))
     return results
+
+
+def sandbox_check(root: Path | None) -> tuple[str, bool, str]:
+    """Grade one solution notebook in the grader's child process: does `bncourse grade` work
+    here (child interpreter, resource limits, the pipe back)? Takes about 2 s."""
+    name = "grading sandbox"
+    path = root / "solutions" / "02_forward_exercises.ipynb" if root else None
+    if path is None or not path.is_file():
+        return name, True, "not checked (no solutions/02_forward_exercises.ipynb here)"
+    from bncourse.grading.grade import grade_notebook
+
+    start = time.perf_counter()
+    try:
+        report = grade_notebook(path, seed=0)
+    except Exception as exc:  # report, never raise: doctor is for broken environments
+        return name, False, f"cannot grade: {exc}"
+    seconds = time.perf_counter() - start
+    if report.max_points and report.points == report.max_points:
+        return name, True, (f"a solution notebook graded {report.points}/{report.max_points} "
+                            f"in a child process ({seconds:.1f} s)")
+    problem = "; ".join(report.errors) or f"{report.points}/{report.max_points} points"
+    return name, False, (f"a solution notebook did not grade fully ({problem}). "
+                         "Check that `python -I -c 'import torch, bncourse'` works")
 
 
 def _cmd_lab(args) -> int:

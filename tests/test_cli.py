@@ -100,3 +100,26 @@ def test_lab_without_a_course_folder_exits_2(monkeypatch, capsys):
     monkeypatch.setattr(cli.subprocess, "call", lambda *a, **k: pytest.fail("must not start"))
     assert cli.main(["lab"]) == 2
     assert "cannot find the course's notebooks/ folder" in capsys.readouterr().err
+
+
+def test_sandbox_check_grades_a_solution_in_a_child_process():
+    name, ok, detail = cli.sandbox_check(cli.find_course_root())
+    assert name == "grading sandbox" and ok, detail
+    assert "graded" in detail and "child process" in detail
+
+
+def test_sandbox_check_reports_a_broken_grader(monkeypatch):
+    from bncourse.grading import grade
+
+    def broken(*args, **kwargs):
+        raise OSError("cannot start python")
+
+    monkeypatch.setattr(grade, "grade_notebook", broken)
+    name, ok, detail = cli.sandbox_check(cli.find_course_root())
+    assert not ok and detail == "cannot grade: cannot start python"
+
+
+def test_sandbox_check_without_a_course_folder_is_skipped(tmp_path):
+    assert cli.sandbox_check(None) == (
+        "grading sandbox", True, "not checked (no solutions/02_forward_exercises.ipynb here)")
+    assert cli.sandbox_check(tmp_path)[1] is True
