@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 import inspect
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bncourse.grading.checks import SubmissionError, roundtrip
 from bncourse.grading.notebook import forbidden_uses_in_source
@@ -31,6 +31,7 @@ class CheckReport:
     exercise_id: str
     result: ExerciseResult
     not_implemented: bool = False
+    printed: bool = field(default=False, repr=False, compare=False)  # check() printed it
 
     @property
     def score(self) -> float:
@@ -47,7 +48,7 @@ class CheckReport:
     def _ipython_display_(self) -> None:
         # check() has printed the report; showing the repr as the cell's result would repeat
         # it. A report made with quiet=True is shown in full instead.
-        if not getattr(self, "printed", False):
+        if not self.printed:
             print(self.text())
 
     def text(self) -> str:
