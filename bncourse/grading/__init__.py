@@ -1,9 +1,8 @@
 """Grading, feedback and certificates (course design section 5).
 
     checks.py       Exercise/Check, comparisons with hints, JSON+npy transport (never pickle)
-    ex_forward.py   module 02 exercises   ex_backward.py  module 03
-    ex_module.py    module 04             ex_inference.py module 05
-    registry.py     every exercise by id; pass mark 80% per module; modules 02-05 required
+    lessons/        the checks of each graded lesson, one file a lesson (lNN_topic.py)
+    registry.py     every exercise by id, derived from lessons/; pass mark 80% per module
     runner.py       call a learner's object for one check: time limit, recorded forbidden calls
     feedback.py     `bncourse.check(exercise_id, obj)`: in-process feedback, never raises
     notebook.py     static reading of a notebook: module, code cells, forbidden names (ast)

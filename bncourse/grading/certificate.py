@@ -114,10 +114,14 @@ def _write_pdf(record: dict, path: Path, record_name: str) -> None:
     text(0.70, "awarded to", fontsize=13, style="italic")
     text(0.62, record["name"], fontsize=28, weight="bold")
     text(0.54, f"on {record['date']}, course version {record['course_version']}", fontsize=12)
-    for i, (module, v) in enumerate(sorted(record["modules"].items())):
+    # The module rows share the band between the date line and the footer, however many
+    # modules the course requires: rows get closer and the type smaller as modules are added.
+    modules = sorted(record["modules"].items())
+    row = min(0.045, 0.26 / max(len(modules), 1))
+    for i, (module, v) in enumerate(modules):
         points = f"{v['points']}/{v['max_points']}"
-        text(0.45 - 0.045 * i, f"module {module}:  {points:>5} points  ({v['score']:>4.0%})  "
-             "passed", fontsize=13, family="monospace")
+        text(0.46 - row * (i + 0.5), f"module {module}:  {points:>5} points  "
+             f"({v['score']:>4.0%})  passed", fontsize=min(13, 280 * row), family="monospace")
     status = ("signed by an instructor (HMAC-SHA256)" if record["signed"]
               else "UNSIGNED: self-issued, not signed by an instructor")
     text(0.17, f"Pass mark {record['pass_mark']:.0%} per module. Record: {status}.", fontsize=10)

@@ -1,29 +1,34 @@
 """Every graded exercise, by id, and the course's pass rule (stated in lesson 00).
 
+Derived from the lesson files in `bncourse.grading.lessons` (one `lNN_*.py` a graded lesson).
 A module passes with at least `PASS_MARK` of its points; the certificate needs every module in
 `REQUIRED_MODULES` to pass.
 """
 from __future__ import annotations
 
-from bncourse.grading import ex_backward, ex_forward, ex_inference, ex_module
+import importlib
+import pkgutil
+
+from bncourse.grading import lessons as _lessons
 from bncourse.grading.checks import Exercise
 
 __all__ = ["PASS_MARK", "REQUIRED_MODULES", "NOTEBOOKS", "EXERCISES", "get", "module_exercises"]
 
 PASS_MARK = 0.8
-REQUIRED_MODULES = ("02", "03", "04", "05")
-# The exercise notebook of each module (solutions/ and exercises/ use the same names).
-NOTEBOOKS = {
-    "02": "02_forward_exercises.ipynb",
-    "03": "03_backward_exercises.ipynb",
-    "04": "04_torch_module_exercises.ipynb",
-    "05": "05_inference_exercises.ipynb",
-}
 
+
+def _lesson_files():
+    names = sorted(info.name for info in pkgutil.iter_modules(_lessons.__path__)
+                   if info.name[:1] == "l" and info.name[1:3].isdigit())
+    return [importlib.import_module(f"{_lessons.__name__}.{name}") for name in names]
+
+
+_LESSONS = _lesson_files()
+# The exercise notebook of each module (solutions/ and exercises/ use the same names).
+NOTEBOOKS: dict[str, str] = {lesson.MODULE: lesson.NOTEBOOK for lesson in _LESSONS}
+REQUIRED_MODULES: tuple[str, ...] = tuple(lesson.MODULE for lesson in _LESSONS if lesson.REQUIRED)
 EXERCISES: dict[str, Exercise] = {
-    exercise.id: exercise
-    for exercise in (ex_forward.EXERCISES + ex_backward.EXERCISES + ex_module.EXERCISES
-                     + ex_inference.EXERCISES)
+    exercise.id: exercise for lesson in _LESSONS for exercise in lesson.EXERCISES
 }
 
 

@@ -6,9 +6,13 @@ from __future__ import annotations
 import numpy as np
 
 from bncourse.grading.checks import Check, Exercise, SubmissionError, array_mismatch, as_array
-from bncourse.grading.ex_forward import IMPLEMENT_BN_FORBIDDEN
+from bncourse.grading.lessons._common import IMPLEMENT_BN_FORBIDDEN
 
 __all__ = ["EXERCISES"]
+
+MODULE = "04"
+NOTEBOOK = "04_torch_module_exercises.ipynb"
+REQUIRED = True  # for the certificate
 
 STATE = ("running_mean", "running_var", "num_batches_tracked")
 

@@ -6,9 +6,13 @@ from __future__ import annotations
 import numpy as np
 
 from bncourse.grading.checks import Check, Exercise, SubmissionError, array_mismatch, as_array
-from bncourse.grading.ex_forward import IMPLEMENT_BN_FORBIDDEN, _per_channel
+from bncourse.grading.lessons._common import IMPLEMENT_BN_FORBIDDEN, _per_channel
 
 __all__ = ["EXERCISES", "reference_fold_linear_bn", "reference_recalibrate_bn"]
+
+MODULE = "05"
+NOTEBOOK = "05_inference_exercises.ipynb"
+REQUIRED = True  # for the certificate
 
 FOLD_FORBIDDEN = (
     "torch.nn.utils.fusion.fuse_linear_bn_eval",

@@ -7,32 +7,13 @@ from __future__ import annotations
 import numpy as np
 
 from bncourse.grading.checks import Check, Exercise, array_mismatch, as_array, unpack
+from bncourse.grading.lessons._common import IMPLEMENT_BN_FORBIDDEN, _axes, _per_channel
 
-__all__ = ["EXERCISES", "IMPLEMENT_BN_FORBIDDEN"]
+__all__ = ["EXERCISES"]
 
-# Calls that would let a learner skip the exercise of writing batch norm.
-IMPLEMENT_BN_FORBIDDEN = (
-    "bncourse.reference.batchnorm_forward",
-    "bncourse.reference.batchnorm_backward",
-    "bncourse.reference.batchnorm_inference",
-    "bncourse.nn.batch_norm",
-    "bncourse.nn.functional.batch_norm",
-    "bncourse.nn.batchnorm.batch_norm",
-    "torch.nn.functional.batch_norm",
-    "torch.batch_norm",
-    "torch.native_batch_norm",
-    "torch.nn.modules.batchnorm._BatchNorm.forward",
-    "bncourse.nn.batchnorm._BatchNorm.forward",
-)
-
-
-def _axes(ndim: int) -> tuple[int, ...]:
-    return (0,) + tuple(range(2, ndim))
-
-
-def _per_channel(v, ndim):
-    return np.asarray(v).reshape((1, -1) + (1,) * (ndim - 2))
-
+MODULE = "02"
+NOTEBOOK = "02_forward_exercises.ipynb"
+REQUIRED = True  # for the certificate
 
 def _normalize(x, var, eps, eps_inside=True):
     """(x - mean) / sqrt(var + eps) with a given per-channel variance (for hints)."""

@@ -8,9 +8,13 @@ from __future__ import annotations
 import numpy as np
 
 from bncourse.grading.checks import Check, Exercise, array_mismatch, as_array, unpack
-from bncourse.grading.ex_forward import IMPLEMENT_BN_FORBIDDEN, _axes, _per_channel
+from bncourse.grading.lessons._common import IMPLEMENT_BN_FORBIDDEN, _axes, _per_channel
 
 __all__ = ["EXERCISES", "test_function"]
+
+MODULE = "03"
+NOTEBOOK = "03_backward_exercises.ipynb"
+REQUIRED = True  # for the certificate
 
 
 # --- numerical_gradient -------------------------------------------------------------------
