@@ -98,8 +98,10 @@ def _execute(nb: dict, cwd: Path) -> dict:
     return node
 
 
-def generate(solutions: Path, exercises: Path, execute: bool = True) -> list[Path]:
-    """Write exercises/<name>.ipynb for every solutions/<name>.ipynb; returns the paths."""
+def generate(solutions: Path, exercises: Path, execute: bool = True,
+             only: str = "*.ipynb") -> list[Path]:
+    """Write exercises/<name>.ipynb for every solutions/<name>.ipynb matching the glob `only`
+    (all by default); returns the paths."""
     import nbformat
 
     solutions, exercises = Path(solutions), Path(exercises)
@@ -107,7 +109,10 @@ def generate(solutions: Path, exercises: Path, execute: bool = True) -> list[Pat
         raise ValueError(f"{solutions}: no such folder")
     exercises.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in sorted(solutions.glob("*.ipynb")):
+    matches = sorted(p for p in solutions.glob(only) if p.suffix == ".ipynb")
+    if not matches:
+        raise ValueError(f"{solutions}: no notebook matches {only!r}")
+    for path in matches:
         nb = exercise_notebook(json.loads(path.read_text(encoding="utf-8")))
         node = _execute(nb, exercises) if execute else nbformat.from_dict(nb)
         target = exercises / path.name
@@ -122,6 +127,8 @@ def main(argv=None) -> int:
     parser.add_argument("--solutions", default="solutions")
     parser.add_argument("--exercises", default="exercises")
     parser.add_argument("--no-execute", action="store_true")
+    parser.add_argument("--only", default="*.ipynb", metavar="GLOB",
+                        help="regenerate only the solutions matching GLOB, e.g. '06_*'")
     parser.add_argument("--check", action="store_true",
                         help="only report whether exercises/ is out of date (exit 1 if so)")
     args = parser.parse_args(argv)
@@ -132,7 +139,7 @@ def main(argv=None) -> int:
         return 1 if problems else 0
     try:
         for target in generate(Path(args.solutions), Path(args.exercises),
-                               execute=not args.no_execute):
+                               execute=not args.no_execute, only=args.only):
             print(f"wrote {target}")
     except ValueError as exc:
         print(f"assign: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ import pytest
 
 from bncourse.cli import main
 from bncourse.grading import registry
+from bncourse.grading import assign
 from bncourse.grading.assign import out_of_date, strip_solutions
 from bncourse.grading.grade import grade_path
 
@@ -121,3 +122,10 @@ def test_a_damaged_exercise_notebook_in_a_folder_is_reported_not_skipped(tmp_pat
     assert "03" not in report.modules()
     assert "cannot be graded" in report.text()
     assert [p.endswith("notes.ipynb") for p in report.skipped] == [True]
+
+
+def test_assign_only_regenerates_the_matching_solutions(tmp_path):
+    written = assign.generate(SOLUTIONS, tmp_path, execute=False, only="03_*")
+    assert [p.name for p in written] == ["03_backward_exercises.ipynb"]
+    with pytest.raises(ValueError, match="no notebook matches '99_\\*'"):
+        assign.generate(SOLUTIONS, tmp_path, execute=False, only="99_*")
