@@ -119,7 +119,12 @@ def modes_actor_loss_critic_train(actor, critic, phase):
         critic.train()
 
 
+def modes_do_nothing(actor, critic, phase):
+    pass
+
+
 @pytest.mark.parametrize("exercise, wrong, hint", [
+    ("09.set_modes", modes_do_nothing, "mode. Hint"),
     ("09.act", act_train_mode, "the network is in train mode"),
     ("09.act", act_no_restore, "restore it"),
     ("09.act", act_batch_of_copies, "running statistics (eval mode)"),

@@ -360,11 +360,19 @@ def reference_set_modes(actor, critic, phase):
             net.train(mode.startswith("train"))
 
 
+# Each phase starts the networks in the opposite of the modes it needs (train = True), so doing
+# nothing never passes; an unused network starts at random.
+_WRONG_START = {"act": (True, None), "next_action": (True, None), "critic_loss": (None, False),
+                "actor_loss": (False, True)}
+
+
 def _modes_inputs(phase):
     def make(rng):
+        coin = [bool(b) for b in rng.random(2) < 0.5]
+        start = [c if w is None else w for w, c in zip(_WRONG_START[phase], coin)]
         return {"actor": _net_inputs(rng, [3, 8, 8, 2], input_norm=True),
                 "critic": _net_inputs(rng, [4, 8, 8, 1], input_norm=True),
-                "start": [bool(b) for b in rng.random(2) < 0.5], "phase": phase}
+                "start": start, "phase": phase}
     return make
 
 
