@@ -11,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from bncourse.grading.checks import Check, Exercise, SubmissionError, array_mismatch, as_array
+from bncourse.grading.lessons._rl_networks import build_net, net_inputs, norms, stats, tensors
 
 __all__ = ["EXERCISES", "reference_act", "reference_dqn_target", "reference_critic_pass",
-           "reference_set_modes", "reference_two_state_prediction", "build_net", "PHASES"]
+           "reference_set_modes", "reference_two_state_prediction", "PHASES"]
 
 MODULE = "09"
 NOTEBOOK = "09_case_rl_exercises.ipynb"
@@ -26,72 +27,6 @@ FORBIDDEN = tuple(f"bncourse.cases.rl.{name}" for name in (
         ("crossq", "joint_critic_pass"), ("crossq", "soft_td_target")))
 PHASES = ("act", "next_action", "critic_loss", "actor_loss")
 TRAIN_MODE_ERROR = "more than 1 value per channel"
-
-# --- the hidden networks -------------------------------------------------------------------
-
-
-def _net_inputs(rng, sizes, input_norm=False):
-    """Weights and (deliberately stale) running statistics for `build_net`."""
-    out = {"sizes": list(sizes), "input_norm": input_norm}
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        out[f"W{i}"] = rng.normal(0, 1 / np.sqrt(fan_in), (fan_out, fan_in)).astype(np.float32)
-        out[f"b{i}"] = rng.normal(0, 0.1, fan_out).astype(np.float32)
-    norm_sizes = ([sizes[0]] if input_norm else []) + list(sizes[1:-1])
-    for k, width in enumerate(norm_sizes):
-        out[f"rm{k}"] = rng.normal(0, 1.5, width).astype(np.float32)
-        out[f"rv{k}"] = rng.uniform(0.2, 4, width).astype(np.float32)
-        out[f"g{k}"] = rng.uniform(0.5, 1.5, width).astype(np.float32)
-        out[f"be{k}"] = rng.normal(0, 0.5, width).astype(np.float32)
-    return out
-
-
-def build_net(spec, training=True):
-    """[BN ->] Linear -> ReLU -> BN -> ... -> Linear, with bncourse.nn.BatchNorm1d."""
-    import torch
-    from torch import nn
-
-    from bncourse.nn import BatchNorm1d
-
-    sizes, layers, k = spec["sizes"], [], 0
-
-    def norm(width):
-        nonlocal k
-        bn = BatchNorm1d(width, momentum=0.01, eps=1e-3)
-        with torch.no_grad():
-            for name, key in (("running_mean", "rm"), ("running_var", "rv"), ("weight", "g"),
-                              ("bias", "be")):
-                getattr(bn, name).copy_(torch.from_numpy(spec[f"{key}{k}"]))
-            bn.num_batches_tracked.fill_(1000)
-        k += 1
-        return bn
-
-    if spec["input_norm"]:
-        layers.append(norm(sizes[0]))
-    for i in range(len(sizes) - 1):
-        linear = nn.Linear(sizes[i], sizes[i + 1])
-        with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(spec[f"W{i}"]))
-            linear.bias.copy_(torch.from_numpy(spec[f"b{i}"]))
-        layers.append(linear)
-        if i < len(sizes) - 2:
-            layers += [nn.ReLU(), norm(sizes[i + 1])]
-    return nn.Sequential(*layers).train(training)
-
-
-def _norms(net):
-    """The BN layers of `net`: the course's and torch's (the course's is not a torch subclass)."""
-    import torch
-
-    from bncourse.nn.batchnorm import _BatchNorm
-
-    kinds = (torch.nn.modules.batchnorm._BatchNorm, _BatchNorm)
-    return [m for m in net.modules() if isinstance(m, kinds)]
-
-
-def _stats(net):
-    return np.concatenate([np.concatenate([m.running_mean.detach().numpy(),
-                                           m.running_var.detach().numpy()]) for m in _norms(net)])
-
 
 # --- act ------------------------------------------------------------------------------------
 
@@ -107,14 +42,14 @@ def reference_act(q_net, obs):
 
 
 def _act_inputs(rng):
-    spec = _net_inputs(rng, [4, 16, 16, 3], input_norm=True)
+    spec = net_inputs(rng, [4, 16, 16, 3], input_norm=True)
     spec["states"] = (rng.normal(0, 1, (12, 4)) * np.array([1, 2, 0.2, 2])).astype(np.float32)
     return spec
 
 
 def _run_act(fn, inputs):
     net = build_net(inputs)
-    before = _stats(net)
+    before = stats(net)
     actions = []
     try:
         for state in inputs["states"]:
@@ -130,7 +65,7 @@ def _run_act(fn, inputs):
         raise
     return {"actions": actions, "train_mode_error": False, "still_training": net.training and
             all(m.training for m in net.modules()), "stats_unchanged": bool(
-                np.array_equal(before, _stats(net)))}
+                np.array_equal(before, stats(net)))}
 
 
 def _compare_act(got, expected, inputs):
@@ -183,7 +118,7 @@ def reference_dqn_target(target_net, reward, terminated, next_obs, gamma):
 
 def _target_inputs(gamma=0.97):
     def make(rng):
-        spec = _net_inputs(rng, [4, 16, 16, 3], input_norm=True)
+        spec = net_inputs(rng, [4, 16, 16, 3], input_norm=True)
         B = 32
         spec.update(next_obs=(rng.normal(0.5, 1.5, (B, 4))).astype(np.float32),
                     reward=rng.uniform(-1, 1, B).astype(np.float32),
@@ -192,26 +127,20 @@ def _target_inputs(gamma=0.97):
     return make
 
 
-def _tensors(inputs, *names):
-    import torch
-
-    return [torch.from_numpy(inputs[n].copy()) for n in names]
-
-
 def _run_target(fn, inputs):
     net = build_net(inputs)
-    before = _stats(net)
-    reward, terminated, next_obs = _tensors(inputs, "reward", "terminated", "next_obs")
+    before = stats(net)
+    reward, terminated, next_obs = tensors(inputs, "reward", "terminated", "next_obs")
     y = fn(net, reward, terminated, next_obs, inputs["gamma"])
     requires_grad = bool(getattr(y, "requires_grad", False))
     return {"y": as_array(y, "the TD target").reshape(-1), "requires_grad": requires_grad,
-            "stats_unchanged": bool(np.array_equal(before, _stats(net)))}
+            "stats_unchanged": bool(np.array_equal(before, stats(net)))}
 
 
 def _target_alternatives(inputs):
     import torch
 
-    reward, terminated, next_obs = _tensors(inputs, "reward", "terminated", "next_obs")
+    reward, terminated, next_obs = tensors(inputs, "reward", "terminated", "next_obs")
     g = inputs["gamma"]
     with torch.no_grad():  # fresh networks: a train-mode pass moves the running statistics
         q_train = build_net(inputs, True)(next_obs).numpy()
@@ -262,7 +191,7 @@ def reference_critic_pass(critic, obs, action, next_obs, next_action):
 
 
 def _critic_inputs(rng):
-    spec = _net_inputs(rng, [4, 16, 16, 1], input_norm=True)
+    spec = net_inputs(rng, [4, 16, 16, 1], input_norm=True)
     B = 24
     spec.update(obs=rng.normal(0, 1, (B, 3)).astype(np.float32),
                 action=rng.uniform(-1, 1, (B, 1)).astype(np.float32),
@@ -276,22 +205,22 @@ def _run_critic(fn, inputs):
     from bncourse.grading.checks import unpack
 
     net = build_net(inputs, training=inputs["start_training"])
-    counts = [int(m.num_batches_tracked) for m in _norms(net)]
-    out = unpack(fn(net, *_tensors(inputs, "obs", "action", "next_obs", "next_action")),
+    counts = [int(m.num_batches_tracked) for m in norms(net)]
+    out = unpack(fn(net, *tensors(inputs, "obs", "action", "next_obs", "next_action")),
                  ("q", "q_next"), "critic_pass")
     q, q_next = out
     return {"q": as_array(q, "q").reshape(-1), "q_next": as_array(q_next, "q_next").reshape(-1),
             "q_grad": bool(getattr(q, "requires_grad", False)),
             "q_next_grad": bool(getattr(q_next, "requires_grad", False)),
             "training": net.training,
-            "updates": [int(m.num_batches_tracked) - c for m, c in zip(_norms(net), counts)],
-            "stats": _stats(net)}
+            "updates": [int(m.num_batches_tracked) - c for m, c in zip(norms(net), counts)],
+            "stats": stats(net)}
 
 
 def _critic_alternatives(inputs, which):
     import torch
 
-    s, a, s2, a2 = _tensors(inputs, "obs", "action", "next_obs", "next_action")
+    s, a, s2, a2 = tensors(inputs, "obs", "action", "next_obs", "next_action")
     with torch.no_grad():
         sep_q = build_net(inputs, True)(torch.cat([s, a], 1))[:, 0].numpy()
         sep_next_train = build_net(inputs, True)(torch.cat([s2, a2], 1))[:, 0].numpy()
@@ -370,8 +299,8 @@ def _modes_inputs(phase):
     def make(rng):
         coin = [bool(b) for b in rng.random(2) < 0.5]
         start = [c if w is None else w for w, c in zip(_WRONG_START[phase], coin)]
-        return {"actor": _net_inputs(rng, [3, 8, 8, 2], input_norm=True),
-                "critic": _net_inputs(rng, [4, 8, 8, 1], input_norm=True),
+        return {"actor": net_inputs(rng, [3, 8, 8, 2], input_norm=True),
+                "critic": net_inputs(rng, [4, 8, 8, 1], input_norm=True),
                 "start": start, "phase": phase}
     return make
 
@@ -380,8 +309,8 @@ def _run_modes(fn, inputs):
     actor = build_net(inputs["actor"], inputs["start"][0])
     critic = build_net(inputs["critic"], inputs["start"][1])
     fn(actor, critic, inputs["phase"])
-    return {"actor": [bool(m.training) for m in _norms(actor)],
-            "critic": [bool(m.training) for m in _norms(critic)]}
+    return {"actor": [bool(m.training) for m in norms(actor)],
+            "critic": [bool(m.training) for m in norms(critic)]}
 
 
 def _compare_modes(got, expected, inputs):
