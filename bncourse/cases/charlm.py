@@ -21,7 +21,7 @@ from bncourse.data.text import CharCorpus, random_batch, sequential_batches
 from bncourse.nn.recurrent import BNLSTMCell, LNLSTMCell, LSTMCell, run_cell
 
 __all__ = ["KINDS", "CharLM", "CharLMHistory", "make_charlm", "train_charlm", "evaluate_bpc",
-           "sample", "valid_batches"]
+           "sample", "valid_batches", "plot_bpc", "train_many"]
 
 KINDS = ("lstm", "bn", "ln")
 LABELS = {"lstm": "LSTM", "bn": "BN-LSTM", "ln": "LN-LSTM"}
@@ -168,6 +168,22 @@ def train_charlm(model: CharLM, corpus: CharCorpus, *, steps: int, seed: int = 0
     return history
 
 
+def train_many(corpus: CharCorpus, kinds, seeds, *, steps: int, gamma_init: float = 0.1,
+               model_kwargs=None, **train_kwargs) -> dict:
+    """{kind: [(model, history) for each seed]}: every kind trained with every seed, the same
+    initial weights and batches for a given seed (`make_charlm` then `train_charlm`)."""
+    model_kwargs = model_kwargs or {}
+    runs = {}
+    for kind in kinds:
+        runs[kind] = []
+        for seed in seeds:
+            model = make_charlm(kind, corpus.vocab_size, seed=seed, gamma_init=gamma_init,
+                                **model_kwargs)
+            history = train_charlm(model, corpus, steps=steps, seed=seed, **train_kwargs)
+            runs[kind].append((model, history))
+    return runs
+
+
 @torch.no_grad()
 def sample(model: CharLM, corpus: CharCorpus, prompt: str, length: int = 200, *,
            seed: int = 0, temperature: float = 0.8) -> str:
@@ -195,3 +211,29 @@ def sample(model: CharLM, corpus: CharCorpus, prompt: str, length: int = 200, *,
         logits = model.head(hx[0])[0]
     model.train(was_training)
     return corpus.decode(ids)
+
+
+def plot_bpc(runs: dict, ax=None, title: str = "held-out bits per character"):
+    """Held-out bpc against step: one line per seed (thin) and the mean (thick) per label.
+
+    runs: {label: [CharLMHistory, ...]} (one history a seed, evaluated at the same steps).
+    Returns the Figure.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 4))
+    for k, (label, histories) in enumerate(runs.items()):
+        color = f"C{k}"
+        values = np.array([h.valid_bpc for h in histories])
+        steps = histories[0].steps
+        for row in values:
+            ax.plot(steps, row, color=color, alpha=0.35, lw=0.8)
+        ax.plot(steps, values.mean(0), color=color, lw=2,
+                label=f"{label} (mean of {len(histories)} seeds)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("bits per character (held-out)")
+    ax.set_title(title)
+    ax.legend()
+    return ax.figure

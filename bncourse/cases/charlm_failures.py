@@ -5,6 +5,9 @@
   saturate tanh and the sigmoids, and the gradient vanishes back through time).
 - `bpc_by_position`: bits per character at each position of sequences longer than those
   trained on (a BN cell reuses the last step's statistics beyond `max_length`).
+- `bpc_streamed`: the same windows read as consecutive chunks with the state carried over, as a
+  stream longer than the training windows is read at inference: chunk position 0 then meets a
+  non-zero h while its statistics were estimated with h = 0.
 - `bpc_by_batch_size`: held-out bpc with batch statistics (train mode) at several batch sizes.
 - `padding_shift`: how much the predictions for the *full-length* sequences of a batch change
   when the other sequences are shortened and zero-padded (padding enters per-step statistics).
@@ -21,7 +24,7 @@ import torch.nn.functional as F
 
 from bncourse.nn.stepwise import StepwiseBatchNorm
 
-__all__ = ["gradient_by_step", "bpc_by_position", "bpc_by_batch_size", "padding_shift",
+__all__ = ["gradient_by_step", "bpc_by_position", "bpc_streamed", "bpc_by_batch_size", "padding_shift",
            "pad_batch", "recalibrate"]
 
 
@@ -62,6 +65,32 @@ def bpc_by_position(model, ids: torch.Tensor, length: int, batch_size: int = 32,
         nats = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
                                reduction="none").view(length, -1)
         total += nats.sum(1)
+        count += x.shape[1]
+    model.train(was_training)
+    return total / count / math.log(2)
+
+
+@torch.no_grad()
+def bpc_streamed(model, ids: torch.Tensor, length: int, chunk: int, batch_size: int = 32,
+                 n_batches: int = 2) -> torch.Tensor:
+    """`(length,)` bits per character like `bpc_by_position`, but each window is read as
+    `length // chunk` chunks of `chunk` steps, carrying `(h, c)` from one to the next (time
+    steps restart at 0 in every chunk). A plain or LN cell computes exactly the same thing."""
+    from bncourse.data.text import sequential_batches
+
+    if length % chunk:
+        raise ValueError(f"chunk must divide length, got length={length}, chunk={chunk}")
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(length)
+    count = 0
+    for x, y in sequential_batches(ids, batch_size, length, n_batches):
+        hx, nats = None, []
+        for a in range(0, length, chunk):
+            logits, hx = model(x[a:a + chunk], hx)
+            nats.append(F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                        y[a:a + chunk].reshape(-1), reduction="none"))
+        total += torch.cat(nats).view(length, -1).sum(1)
         count += x.shape[1]
     model.train(was_training)
     return total / count / math.log(2)
