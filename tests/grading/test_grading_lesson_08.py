@@ -38,7 +38,7 @@ def test_solution_passes(solution_source, exercise, name):
 
 
 def test_stubs_score_zero():
-    class PerStepBatchNorm(bncourse.__class__ if False else object):
+    class PerStepBatchNorm:
         def __init__(self, *args, **kwargs):
             raise NotImplementedError
 
