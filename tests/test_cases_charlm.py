@@ -116,3 +116,35 @@ def test_pad_batch():
     assert mask[:, 0].tolist() == [1, 1, 1, 1] and mask[:, 1].tolist() == [1, 1, 0, 0]
     with pytest.raises(ValueError, match="lengths"):
         pad_batch(x, [5, 1])
+
+
+def test_train_many_and_plot(corpus):
+    import matplotlib.pyplot as plt
+
+    from bncourse.cases.charlm import plot_bpc, train_many
+
+    runs = train_many(corpus, ("lstm", "ln"), (0, 1), steps=4, batch_size=4, length=12,
+                      eval_every=2, eval_batches=valid_batches(corpus, 4, 12, 1),
+                      model_kwargs=SMALL)
+    assert set(runs) == {"lstm", "ln"} and all(len(v) == 2 for v in runs.values())
+    assert runs["lstm"][0][1].steps == [2, 4]
+    fig = plot_bpc({k: [h for _, h in v] for k, v in runs.items()})
+    ax = fig.axes[0]
+    assert ax.get_xlabel() and ax.get_ylabel() and ax.get_legend() is not None
+    plt.close(fig)
+
+
+def test_bpc_streamed(trained, corpus):
+    from bncourse.cases.charlm_failures import bpc_streamed
+
+    lstm, _ = trained["lstm"]
+    bn, _ = trained["bn"]
+    whole = bpc_by_position(lstm, corpus.valid, 24, batch_size=4, n_batches=1)
+    streamed = bpc_streamed(lstm, corpus.valid, 24, chunk=12, batch_size=4, n_batches=1)
+    torch.testing.assert_close(streamed, whole, rtol=1e-5, atol=1e-5)  # plain LSTM: the same
+    bn_whole = bpc_by_position(bn, corpus.valid, 24, batch_size=4, n_batches=1)
+    bn_streamed = bpc_streamed(bn, corpus.valid, 24, chunk=12, batch_size=4, n_batches=1)
+    torch.testing.assert_close(bn_streamed[:12], bn_whole[:12])  # the first chunk is the same
+    assert not torch.allclose(bn_streamed[12:], bn_whole[12:])
+    with pytest.raises(ValueError, match="chunk"):
+        bpc_streamed(lstm, corpus.valid, 24, chunk=5)

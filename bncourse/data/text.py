@@ -1,7 +1,7 @@
 """Character-level text that ships with Python: `pydoc_data.topics` (case study 08).
 
 `pydoc_data.topics.topics` maps help topics to their English text (the reference manual behind
-`help()`): about 465,000 characters in CPython 3.12, offline and identical on every install of
+`help()`): about 465,000 characters in CPython 3.11, offline and identical on every install of
 the same Python version. `load_corpus` joins the values in sorted-key order, builds the
 vocabulary (sorted characters), and splits *by position*: the first `1 - valid_fraction` of the
 text trains, the rest validates (no window straddles the two, so no held-out text is seen).
