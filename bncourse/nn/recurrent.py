@@ -152,7 +152,7 @@ class BNLSTMCell(_LSTMCellBase):
 
     Submodules `bn_ih`, `bn_hh` (4H features, no shift) and `bn_c` (H features, with a shift),
     each a `StepwiseBatchNorm` with buffers `running_mean`/`running_var` of shape
-    `(max_length, features)`; parameters `weight_ih`, `weight_hh`, `bias` (4H,, starts at 0).
+    `(max_length, features)`; parameters `weight_ih`, `weight_hh`, `bias` `(4H,)`, starting at 0.
     """
 
     def __init__(self, input_size: int, hidden_size: int, max_length: int,
