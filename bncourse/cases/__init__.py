@@ -2,6 +2,7 @@
 
     vision.py     case study 06: Ioffe & Szegedy 2015 in miniature (Fig. 1, Table 1)
     charlm.py     case study 08: character language models, LSTM vs BN-LSTM vs LN-LSTM
+    charlm_failures.py  case study 08: where per-step batch statistics hurt (measurements)
     rl/           case study 09: DQN on CartPole, a CrossQ-style BN critic on Pendulum
 
 Each module imports from `bncourse.nn`, `data`, `models`, `train`, `plots`, never the reverse.
