@@ -10,6 +10,8 @@ subtracts the batch mean, so a bias there is cancelled exactly (BN's beta takes 
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
@@ -39,7 +41,7 @@ def _check_position(norm_position: str) -> None:
 
 
 def _check_width(value, name: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
