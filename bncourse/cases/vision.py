@@ -6,7 +6,8 @@
     summarise           steps to a target accuracy and best accuracy per variant, mean and spread
     placement_runs      BN before vs after the nonlinearity; bias_runs: the bias before BN
 
-Every run is `bncourse.train.train_classifier` with the course's own `bncourse.nn` BN layers.
+Every run is `bncourse.train.train_classifier` with the course's own `bncourse.nn` BN layers;
+`progress=True` shows a tqdm bar per run (tag such cells `nbval-ignore-output`).
 """
 from __future__ import annotations
 
@@ -120,7 +121,8 @@ def _check_seeds(seeds) -> list[int]:
 
 def fig1_runs(data: Dataset, seeds=(0, 1, 2), steps: int = 3000, lr: float = 0.5,
               batch_size: int = 60, eval_every: int = 25, track_every: int = 20,
-              hidden: tuple[int, ...] = (100, 100, 100)) -> dict[str, list[Run]]:
+              hidden: tuple[int, ...] = (100, 100, 100),
+              progress: bool = False) -> dict[str, list[Run]]:
     """Figure 1: the sigmoid MLP `[D, *hidden, C]` without ("Without BN") and with ("With BN")
     `bncourse.nn.BatchNorm1d`, the same seed, lr and batch per pair; each run tracks the
     input of unit 0 of the last hidden sigmoid on the test inputs. Plain SGD, as in the paper.
@@ -138,7 +140,8 @@ def fig1_runs(data: Dataset, seeds=(0, 1, 2), steps: int = 3000, lr: float = 0.5
             tracker = PercentileTracker(last_activation(model), data.x_test, every=track_every)
             tracker.record(0, model)
             history = train_classifier(model, data, steps=steps, batch_size=batch_size, lr=lr,
-                                       eval_every=eval_every, seed=seed, callback=tracker)
+                                       eval_every=eval_every, seed=seed, callback=tracker,
+                                       progress=progress)
             runs[name].append(Run(name, seed, history, tracker))
     return runs
 
@@ -156,7 +159,8 @@ TABLE1_VARIANTS = {
 def table1_runs(data: Dataset, variants=None, seeds=(0, 1, 2), steps: int = 400,
                 base_lr: float = 0.05, momentum: float = 0.9, batch_size: int = 60,
                 eval_every: int = 25, stem: int = 8,
-                widths=((4, 4, 4, 4), (8, 8, 8, 8))) -> dict[str, list[Run]]:
+                widths=((4, 4, 4, 4), (8, 8, 8, 8)),
+                progress: bool = False) -> dict[str, list[Run]]:
     """The Inception table in miniature: `inception_cnn` trained as each variant of `variants`
     (names of `TABLE1_VARIANTS`, or a dict in its format) with lr `base_lr * multiple`, SGD with
     momentum as the paper trained Inception. Each run's `extra["diverged"]` says whether its
@@ -183,7 +187,7 @@ def table1_runs(data: Dataset, variants=None, seeds=(0, 1, 2), steps: int = 400,
                                   activation=activation)
             history = train_classifier(model, data, steps=steps, batch_size=batch_size,
                                        lr=base_lr * multiple, momentum=momentum,
-                                       eval_every=eval_every, seed=seed)
+                                       eval_every=eval_every, seed=seed, progress=progress)
             last = history.train_loss[-1]
             diverged = not np.isfinite(last) or last > 2.0
             runs[name].append(Run(name, seed, history, extra={"diverged": diverged,
