@@ -17,10 +17,12 @@ REQUIRED = True  # for the certificate
 # The lesson's simplified block and CNN would skip the exercise.
 BLOCK_FORBIDDEN = ("bncourse.models.InceptionBlock", "bncourse.models.inception_cnn")
 
-# The grader's training run: SGD with momentum 0.9 at 10x the lesson's base rate 0.05. The
-# reference reaches 0.96-0.97 in 100 steps (about 2 s on a loaded core); global average pooling
-# is replaced by a 2x2 average pool, which keeps enough of the 8x8 layout.
-TRAIN = dict(steps=100, batch_size=60, lr=0.5, momentum=0.9, threshold=0.9)
+# The grader's training run: SGD with momentum 0.9 at 4x the lesson's base rate 0.05, 150
+# steps (about 1-2 s on a loaded core). Over 20 grader seeds (splits and initialisations) the
+# reference reached 0.976-0.99 test accuracy; at lr 0.5 it varied from 0.91 to 0.99, too close
+# to any threshold. A 2x2 average pool before the classifier keeps enough of the 8x8 layout
+# (global average pooling left the reference near 0.6).
+TRAIN = dict(steps=150, batch_size=60, lr=0.2, momentum=0.9, threshold=0.93)
 
 
 def reference_inception_block(in_channels, widths, norm=None):
