@@ -13,7 +13,7 @@ __all__ = [
     "plot_histories", "plot_feature_histograms", "plot_heatmaps", "plot_jacobian",
     "plot_running_estimates", "plot_running_var_bias", "plot_benchmark_ratios",
     "plot_quadratic_descent", "plot_activation_histograms", "plot_per_layer", "plot_update_ratios",
-    "plot_estimate_errors", "plot_accuracy_bars",
+    "plot_estimate_errors", "plot_accuracy_bars", "plot_accuracy_spread", "plot_percentiles",
 ]
 
 
@@ -351,4 +351,48 @@ def plot_accuracy_bars(accuracies: dict, title: str = "Test accuracy",
     ax.set_ylim(0, 1.08)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
+    return fig
+
+
+# --- lesson 06: Ioffe & Szegedy's Figure 1 in miniature ---
+
+def plot_accuracy_spread(curves: dict, title: str = "Test accuracy during training",
+                         ylabel: str = "test accuracy", ax=None):
+    """Mean test accuracy against step with the min-max band over seeds (lesson 06).
+
+    curves: label -> list of Histories (one per seed, evaluated at the same steps).
+    """
+    if not curves:
+        raise ValueError("curves must contain at least one label with its Histories")
+    fig, ax = _axes(ax)
+    for i, (label, histories) in enumerate(curves.items()):
+        steps = histories[0].steps
+        acc = np.array([h.test_accuracy for h in histories])  # (seeds, evaluations)
+        ax.plot(steps, acc.mean(axis=0), color=f"C{i}", label=f"{label} (mean of {len(acc)})")
+        ax.fill_between(steps, acc.min(axis=0), acc.max(axis=0), color=f"C{i}", alpha=0.25)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    return fig
+
+
+def plot_percentiles(steps, values, title: str = "Input of one sigmoid over training",
+                     labels=("15th", "50th", "85th"), ax=None):
+    """Percentiles of one unit's input against step, as in Ioffe & Szegedy's Fig. 1b, c.
+
+    steps: `(T,)`; values: `(T, len(labels))`.
+    """
+    values = np.asarray(values)
+    if values.ndim != 2 or values.shape != (len(steps), len(labels)):
+        raise ValueError(f"values must have shape (len(steps), {len(labels)}) = "
+                         f"({len(steps)}, {len(labels)}), got {values.shape}")
+    fig, ax = _axes(ax)
+    for j, label in enumerate(labels):
+        ax.plot(steps, values[:, j], color="C0", lw=1.5 if j == len(labels) // 2 else 0.8,
+                label=f"{label} percentile")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("input to the sigmoid")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
     return fig

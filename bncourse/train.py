@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from bncourse.data import Dataset, iterate_minibatches
+from bncourse.models import mlp  # re-exported: lessons 01, 04 and 05 import it from here
 
 __all__ = ["History", "accuracy", "train_classifier", "mlp"]
 
@@ -55,25 +56,6 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         correct += (logits.argmax(dim=1) == y[start:start + batch_size]).sum().item()
     model.train(was_training)
     return correct / len(x)
-
-
-def mlp(sizes: list[int], activation: type[nn.Module] = nn.Sigmoid,
-        norm: type[nn.Module] | None = None, bias_before_norm: bool = False) -> nn.Sequential:
-    """A fully connected net: Linear -> [norm] -> activation for each hidden layer, Linear out.
-
-    `sizes = [inputs, hidden..., outputs]`. With a `norm` (e.g. `bncourse.nn.BatchNorm1d`) the
-    Linear before it has no bias unless `bias_before_norm` (BN's beta makes it redundant).
-    """
-    if len(sizes) < 2:
-        raise ValueError(f"sizes must list at least inputs and outputs, got {sizes}")
-    layers: list[nn.Module] = []
-    for fan_in, fan_out in zip(sizes[:-2], sizes[1:-1]):
-        layers.append(nn.Linear(fan_in, fan_out, bias=norm is None or bias_before_norm))
-        if norm is not None:
-            layers.append(norm(fan_out))
-        layers.append(activation())
-    layers.append(nn.Linear(sizes[-2], sizes[-1]))
-    return nn.Sequential(*layers)
 
 
 def train_classifier(model: nn.Module, data: Dataset, *, steps: int, batch_size: int = 60,

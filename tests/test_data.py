@@ -114,3 +114,21 @@ def test_accepts_numpy_integer_batch_size():
 def test_bad_arguments_raise_at_the_call(args, exception, message):
     with pytest.raises(exception, match=message):
         iterate_minibatches(*args)  # not only when the first batch is drawn
+
+
+def test_digits_images_view_of_the_same_split(digits):
+    from bncourse.data import load_digits_images
+
+    images = load_digits_images()
+    assert images.x_train.shape == (1348, 1, 8, 8) and images.x_test.shape == (449, 1, 8, 8)
+    torch.testing.assert_close(images.x_train.reshape(1348, 64), digits.x_train)
+    assert torch.equal(images.y_test, digits.y_test) and images.num_classes == 10
+    other = load_digits_images(seed=7)
+    assert not torch.equal(other.y_test, images.y_test)
+
+
+def test_digits_images_bad_test_fraction():
+    from bncourse.data import load_digits_images
+
+    with pytest.raises(ValueError, match="test_fraction"):
+        load_digits_images(test_fraction=1.5)
