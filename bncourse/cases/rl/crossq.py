@@ -22,12 +22,12 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from bncourse.cases.rl.ensemble import ensemble_mlp, member_generators
+from bncourse.cases.rl.evaluate import seeded_envs
 from bncourse.cases.rl.replay import ReplayBuffer
 
 __all__ = ["ActorCriticConfig", "ActorCriticRun", "VARIANTS", "PASS_MODES", "soft_td_target",
@@ -189,14 +189,8 @@ def train_actor_critic(seeds, steps: int, config: ActorCriticConfig | None = Non
     import time
 
     config = config or ActorCriticConfig()
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError("seeds must list at least one seed")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    seeds, envs = seeded_envs(seeds, steps, env_id)
     S = len(seeds)
-    torch.manual_seed(seeds[0])
-    envs = [gym.make(env_id) for _ in seeds]
     obs_dim, act_dim = envs[0].observation_space.shape[0], envs[0].action_space.shape[0]
     high = float(envs[0].action_space.high[0])
     nets = build_networks(seeds, obs_dim, act_dim, config)

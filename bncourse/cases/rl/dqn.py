@@ -14,13 +14,12 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from bncourse.cases.rl.ensemble import ensemble_mlp, member_generators
-from bncourse.cases.rl.evaluate import check_obs
+from bncourse.cases.rl.evaluate import check_obs, seeded_envs
 from bncourse.cases.rl.replay import ReplayBuffer
 
 __all__ = ["DQNConfig", "DQNRun", "q_network", "td_target", "greedy_actions", "dqn_targets",
@@ -145,14 +144,8 @@ def train_dqn(seeds, steps: int, config: DQNConfig | None = None, env_id: str = 
               progress: bool = False) -> DQNRun:
     """Train one DQN per seed, all S at once, for `steps` environment steps each."""
     config = config or DQNConfig()
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError("seeds must list at least one seed")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    seeds, envs = seeded_envs(seeds, steps, env_id)
     S = len(seeds)
-    torch.manual_seed(seeds[0])
-    envs = [gym.make(env_id) for _ in seeds]
     obs_dim, n_actions = envs[0].observation_space.shape[0], int(envs[0].action_space.n)
     q = q_network(obs_dim, n_actions, seeds, config.hidden, config.batch_norm,
                   config.bn_momentum)

@@ -11,7 +11,19 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["evaluate", "check_obs", "eval_mode"]
+__all__ = ["evaluate", "check_obs", "eval_mode", "seeded_envs"]
+
+
+def seeded_envs(seeds, steps, env_id: str):
+    """Validate a training run's `seeds` and `steps`, seed torch with the first seed, and make one
+    environment per seed; returns `(seeds as a list of ints, envs)`."""
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must list at least one seed")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    torch.manual_seed(seeds[0])
+    return seeds, [gym.make(env_id) for _ in seeds]
 
 
 def check_obs(obs, members: int, obs_dim: int, what: str = "obs") -> torch.Tensor:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from bncourse.grading.checks import Check, Exercise, SubmissionError, array_mismatch, as_array
-from bncourse.grading.lessons._common import IMPLEMENT_BN_FORBIDDEN
+from bncourse.grading.lessons._common import IMPLEMENT_BN_FORBIDDEN, tensor_attribute
 
 __all__ = ["EXERCISES"]
 
@@ -40,20 +40,10 @@ def _construct(cls, inputs):
     return module
 
 
-def _tensor_of(module, name):
-    import torch
-
-    value = getattr(module, name, None)
-    if not isinstance(value, torch.Tensor):
-        raise SubmissionError(f"the module has no tensor attribute `{name}` (got "
-                              f"{type(value).__name__})")
-    return value
-
-
 def _state(module) -> dict:
     state = {}
     for name in STATE:
-        tensor = _tensor_of(module, name)
+        tensor = tensor_attribute(module, name)
         state[name] = as_array(tensor, name)
         state[name + "_requires_grad"] = bool(tensor.requires_grad or tensor.grad_fn is not None)
     return state
@@ -63,8 +53,8 @@ def _set_affine(module, inputs):
     import torch
 
     with torch.no_grad():
-        _tensor_of(module, "weight").copy_(torch.from_numpy(inputs["weight"]))
-        _tensor_of(module, "bias").copy_(torch.from_numpy(inputs["bias"]))
+        tensor_attribute(module, "weight").copy_(torch.from_numpy(inputs["weight"]))
+        tensor_attribute(module, "bias").copy_(torch.from_numpy(inputs["bias"]))
 
 
 def _train_steps(module, inputs, result, record_grads=False):
@@ -102,8 +92,8 @@ def _run_batchnorm1d(cls, inputs):
         result["buffers"] = sorted(buffers)
         result["state_dict"] = sorted(module.state_dict())
         for name in ("weight", "bias") + STATE:
-            result[name] = as_array(_tensor_of(module, name), name)
-        result["num_batches_tracked_dtype"] = str(_tensor_of(module, "num_batches_tracked").dtype)
+            result[name] = as_array(tensor_attribute(module, name), name)
+        result["num_batches_tracked_dtype"] = str(tensor_attribute(module, "num_batches_tracked").dtype)
         return result
     _set_affine(module, inputs)
     if part in ("train_forward", "backward"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from bncourse.grading.checks import Check, Exercise, SubmissionError, array_mismatch, as_array
-from bncourse.grading.lessons._common import IMPLEMENT_BN_FORBIDDEN
+from bncourse.grading.lessons._common import IMPLEMENT_BN_FORBIDDEN, tensor_attribute
 from bncourse.grading.lessons._l08_cell import PREDICTIONS, STEP
 
 __all__ = ["EXERCISES"]
@@ -49,20 +49,10 @@ def _make_norm(cls, C, max_length, inputs, bias=True):
     return module
 
 
-def _tensor(module, name):
-    import torch
-
-    value = getattr(module, name, None)
-    if not isinstance(value, torch.Tensor):
-        raise SubmissionError(f"the module has no tensor attribute `{name}` (got "
-                              f"{type(value).__name__})")
-    return value
-
-
 def _buffers(module, prefix=""):
     state = {}
     for name in ("running_mean", "running_var"):
-        tensor = _tensor(module, name)
+        tensor = tensor_attribute(module, name)
         state[prefix + name] = as_array(tensor, name)
         state[prefix + name + "_requires_grad"] = bool(tensor.requires_grad
                                                        or tensor.grad_fn is not None)
@@ -89,16 +79,16 @@ def _run_norm(cls, inputs):
         result["parameters"] = sorted(n for n, _ in module.named_parameters())
         result["buffers"] = sorted(n for n, _ in module.named_buffers())
         for name in ("weight", "running_mean", "running_var"):
-            result[name] = as_array(_tensor(module, name), name)
-        result["bias"] = as_array(_tensor(module, "bias"), "bias")
+            result[name] = as_array(tensor_attribute(module, name), name)
+        result["bias"] = as_array(tensor_attribute(module, "bias"), "bias")
         no_bias = _make_norm(cls, C, L, inputs, bias=False)
         result["no_bias_parameters"] = sorted(n for n, _ in no_bias.named_parameters())
         result["no_bias_is_none"] = getattr(no_bias, "bias", "missing") is None
         return result
     module = _make_norm(cls, C, L, inputs)
     with torch.no_grad():
-        _tensor(module, "weight").copy_(torch.from_numpy(inputs["weight"]))
-        _tensor(module, "bias").copy_(torch.from_numpy(inputs["bias"]))
+        tensor_attribute(module, "weight").copy_(torch.from_numpy(inputs["weight"]))
+        tensor_attribute(module, "bias").copy_(torch.from_numpy(inputs["bias"]))
     module.train()
     for t, (x, dy) in enumerate(zip(inputs["x"], inputs["dy"])):
         xt = torch.tensor(x, requires_grad=True)
