@@ -13,7 +13,7 @@ from torch import nn
 from bncourse.data import Dataset, iterate_minibatches
 from bncourse.models import mlp  # re-exported: lessons 01, 04 and 05 import it from here
 
-__all__ = ["History", "accuracy", "train_classifier", "mlp"]
+__all__ = ["History", "Step", "accuracy", "train_classifier", "mlp"]
 
 
 @dataclass
@@ -45,6 +45,21 @@ class History:
         return None
 
 
+@dataclass
+class Step:
+    """The training loop's state after an optimisation step, passed to `step_callback`.
+
+    step: the step number (1-based); model; loss: that step's training loss (a float);
+    optimizer; batch: the `(x, y)` mini-batch the step used (lesson 07 probes it).
+    """
+
+    step: int
+    model: nn.Module
+    loss: float
+    optimizer: torch.optim.Optimizer
+    batch: tuple[torch.Tensor, torch.Tensor]
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
     """Fraction of `x` that `model` classifies as `y`, in eval mode (restores the mode after)."""
@@ -61,12 +76,13 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 def train_classifier(model: nn.Module, data: Dataset, *, steps: int, batch_size: int = 60,
                      lr: float = 0.1, optimizer: str = "sgd", momentum: float = 0.0,
                      weight_decay: float = 0.0, eval_every: int = 50, seed: int = 0,
-                     progress: bool = False, callback=None) -> History:
+                     progress: bool = False, callback=None, step_callback=None) -> History:
     """Train `model` with cross-entropy on `data` for `steps` mini-batches; return a History.
 
     Batches are drawn in epochs of shuffled data (`drop_last=True`), from a generator seeded
     with `seed`. `callback(step, model)` runs after each optimisation step when given
-    (lesson 06 uses it to record activation percentiles).
+    (lesson 06 uses it to record activation percentiles); `step_callback(Step(...))` runs
+    after it with the step number, model, loss, optimizer and batch (lesson 07's probes).
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -92,10 +108,13 @@ def train_classifier(model: nn.Module, data: Dataset, *, steps: int, batch_size:
             loss.backward()
             opt.step()
             step += 1
-            running += loss.item()
+            loss_value = loss.item()
+            running += loss_value
             count += 1
             if callback is not None:
                 callback(step, model)
+            if step_callback is not None:
+                step_callback(Step(step, model, loss_value, opt, (xb, yb)))
             if bar is not None:
                 bar.update(1)
             if step % eval_every == 0 or step == steps:
