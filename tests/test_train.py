@@ -111,3 +111,42 @@ def test_history_steps_to_and_summaries():
     assert history.final_accuracy == pytest.approx(0.8)
     assert history.best_accuracy == pytest.approx(0.9)
     assert History().steps == [] and History().steps_to(0.1) is None
+
+
+# --- step_callback and Step (lesson 07) ---------------------------------------------------
+
+def test_step_callback_gets_the_loop_state_and_callback_still_works(digits):
+    from bncourse.train import Step
+
+    torch.manual_seed(0)
+    model = mlp([64, 16, 10])
+    old, new = [], []
+
+    def record(state):
+        assert isinstance(state, Step) and state.model is model
+        xb, yb = state.batch
+        assert xb.shape == (20, 64) and yb.shape == (20,)
+        assert isinstance(state.loss, float) and isinstance(state.optimizer, torch.optim.SGD)
+        new.append(state.step)
+
+    hist = train_classifier(model, digits, steps=7, batch_size=20, eval_every=7,
+                            callback=lambda step, m: old.append(step), step_callback=record)
+    assert old == new == list(range(1, 8))
+    assert len(hist.steps) == 1
+
+
+def test_step_callback_losses_average_to_the_history(digits):
+    torch.manual_seed(0)
+    losses = []
+    hist = train_classifier(mlp([64, 16, 10]), digits, steps=10, batch_size=30, eval_every=5,
+                            step_callback=lambda s: losses.append(s.loss))
+    assert hist.train_loss == pytest.approx([sum(losses[:5]) / 5, sum(losses[5:]) / 5], rel=1e-9)
+
+
+def test_step_callback_does_not_change_training(digits):
+    runs = []
+    for cb in (None, lambda s: None):
+        torch.manual_seed(0)
+        runs.append(train_classifier(mlp([64, 16, 10]), digits, steps=20, batch_size=30,
+                                     eval_every=10, step_callback=cb).train_loss)
+    assert runs[0] == runs[1]
