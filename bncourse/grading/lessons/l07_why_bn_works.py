@@ -143,8 +143,14 @@ def _angular_inputs(out_f, in_f, step=0.3, rescale_row=False):
     def make(rng):
         wb = rng.normal(0, 1, (out_f, in_f)) * rng.uniform(0.2, 3, (out_f, 1))
         wa = wb + step * rng.normal(0, 1, (out_f, in_f))
-        if rescale_row:
-            wa[0] = wb[0] * 3.7
+        if rescale_row:  # rows that only changed length, one where rounding puts cos above 1
+            for j in range(out_f // 2):
+                wa[j] = wb[j] * rng.uniform(0.3, 3)
+            for _ in range(200):
+                row = wb[0] * rng.uniform(0.3, 3)
+                if (wb[0] * row).sum() / (np.linalg.norm(wb[0]) * np.linalg.norm(row)) > 1:
+                    wa[0] = row
+                    break
         return {"w_before": wb, "w_after": wa}
     return make
 
@@ -156,7 +162,7 @@ ANGULAR_UPDATE = Exercise(
         Check("a (6, 10) weight", _angular_inputs(6, 10), _compare_angular),
         Check("rows of very different lengths, (5, 5)", _angular_inputs(5, 5, step=1.0),
               _compare_angular),
-        Check("a row that only changed length turned by 0", _angular_inputs(4, 8, rescale_row=True),
+        Check("rows that only changed length turned by 0", _angular_inputs(6, 8, rescale_row=True),
               _compare_angular),
     ),
 )
