@@ -30,7 +30,7 @@ def _messages(exercise_id, obj):
 
 
 NAMES = [("07.santurkar_noise", "santurkar_noise"), ("07.angular_update", "angular_update"),
-         ("07.equilibrium", "equilibrium"), ("07.answers", "answers")]
+         ("07.equilibrium", "equilibrium"), ("07.understanding", "understanding")]
 
 
 @pytest.mark.parametrize("exercise, name", NAMES)
@@ -158,17 +158,17 @@ def test_equilibrium_calling_the_package_is_flagged():
 
 
 def test_wrong_predictions_get_hints():
-    def answers():
+    def understanding():
         return {"effective_lr_factor_wd_x4": 4.0, "grad_factor_weights_x10": 10,
                 "most_ics": "BN", "first_layer_gradient_deep_plain": "similar"}
 
-    report, messages = _messages("07.answers", answers)
+    report, messages = _messages("07.understanding", understanding)
     assert report.score == 0 and len(messages) == 4
     assert all("Hint" in m for m in messages), messages
 
 
 def test_answers_type_errors():
-    report, messages = _messages("07.answers", lambda: {"effective_lr_factor_wd_x4": "2",
+    report, messages = _messages("07.understanding", lambda: {"effective_lr_factor_wd_x4": "2",
                                                         "grad_factor_weights_x10": True,
                                                         "most_ics": "noisy", })
     assert report.score == 0

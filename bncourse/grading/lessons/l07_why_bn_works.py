@@ -1,7 +1,7 @@
 """Module 07 exercises (lesson 07, why BN works): `santurkar_noise` (the noisy-BN noise, drawn
 from a generator the grader passes in), `angular_update` (how far an SGD step turned each row
 of a scale-invariant weight), `equilibrium` (weight decay's equilibrium norm and the effective
-learning rate there) and `answers` (predictions, checked)."""
+learning rate there) and `understanding` (predictions, checked)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +10,7 @@ from bncourse.grading.checks import (Check, Exercise, SubmissionError, array_mis
                                      fmt, unpack)
 
 __all__ = ["EXERCISES", "reference_santurkar_noise", "reference_angular_update",
-           "reference_equilibrium", "reference_answers"]
+           "reference_equilibrium", "reference_understanding"]
 
 MODULE = "07"
 NOTEBOOK = "07_why_bn_works_exercises.ipynb"
@@ -235,7 +235,7 @@ EQUILIBRIUM = Exercise(
     ),
 )
 
-# --- answers ------------------------------------------------------------------------------
+# --- understanding ------------------------------------------------------------------------------
 
 # key: (kind, expected, tolerance or choices, hint)
 QUESTIONS = {
@@ -252,20 +252,21 @@ QUESTIONS = {
 }
 
 
-def reference_answers():
+def reference_understanding():
     return {key: spec[1] for key, spec in QUESTIONS.items()}
 
 
 def _run_answers(fn, inputs):
     answers = fn()
     if not isinstance(answers, dict):
-        raise SubmissionError(f"answers() must return a dict, got {type(answers).__name__}")
+        raise SubmissionError(f"understanding() must return a dict, got "
+                              f"{type(answers).__name__}")
     key = inputs["key"]
     if key not in answers:
-        raise SubmissionError(f"answers() has no key {key!r}")
+        raise SubmissionError(f"understanding() has no key {key!r}")
     value = answers[key]
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise SubmissionError(f"answers()[{key!r}] must be a number or a string, got "
+        raise SubmissionError(f"understanding()[{key!r}] must be a number or a string, got "
                               f"{type(value).__name__}")
     return {"value": value}
 
@@ -286,11 +287,11 @@ def _compare_answer(got, expected, inputs):
     return None
 
 
-ANSWERS = Exercise(
-    module="07", name="answers", kind="function",
-    run=_run_answers, reference=lambda: reference_answers,
+UNDERSTANDING = Exercise(
+    module="07", name="understanding", kind="function",
+    run=_run_answers, reference=lambda: reference_understanding,
     checks=tuple(Check(f"prediction: {key}", (lambda k: lambda rng: {"key": k})(key),
                        _compare_answer) for key in QUESTIONS),
 )
 
-EXERCISES = (SANTURKAR_NOISE, ANGULAR_UPDATE, EQUILIBRIUM, ANSWERS)
+EXERCISES = (SANTURKAR_NOISE, ANGULAR_UPDATE, EQUILIBRIUM, UNDERSTANDING)
