@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import bncourse
-from grading_helpers import solution_cells
+from grading_helpers import check_messages, solution_cells, solution_objects
 
 NOTEBOOK = "07_why_bn_works_exercises.ipynb"
 
@@ -14,28 +14,13 @@ def solution_source():
     return "\n\n".join(cells)
 
 
-def _objects(source, **replacements):
-    """Execute the solution cells with text replaced (a typical mistake), return the names."""
-    for old, new in replacements.items():
-        assert old in source, old
-        source = source.replace(old, new)
-    namespace = {"__name__": "learner"}
-    exec(compile(source, NOTEBOOK, "exec"), namespace)
-    return namespace
-
-
-def _messages(exercise_id, obj):
-    report = bncourse.check(exercise_id, obj, quiet=True)
-    return report, [c.message for c in report.result.checks if c.points < c.max_points]
-
-
 NAMES = [("07.santurkar_noise", "santurkar_noise"), ("07.angular_update", "angular_update"),
          ("07.equilibrium", "equilibrium"), ("07.understanding", "understanding")]
 
 
 @pytest.mark.parametrize("exercise, name", NAMES)
 def test_solution_passes(solution_source, exercise, name):
-    report, messages = _messages(exercise, _objects(solution_source)[name])
+    report, messages = check_messages(exercise, solution_objects(solution_source, NOTEBOOK)[name])
     assert report.score == 1.0, messages
 
 
@@ -83,8 +68,8 @@ NOISE_MISTAKES = [
 @pytest.mark.parametrize("what, replacements, hint", NOISE_MISTAKES,
                          ids=[m[0] for m in NOISE_MISTAKES])
 def test_noise_mistakes_get_hints(solution_source, what, replacements, hint):
-    report, messages = _messages("07.santurkar_noise",
-                                 _objects(solution_source, **replacements)["santurkar_noise"])
+    report, messages = check_messages("07.santurkar_noise",
+                                 solution_objects(solution_source, NOTEBOOK, **replacements)["santurkar_noise"])
     assert report.score < 1.0
     assert any(hint in m for m in messages), messages
 
@@ -96,7 +81,7 @@ def test_the_lesson_layer_is_flagged():
         s, m = NoisyBatchNorm1d(a.shape[1], generator=generator).draw(a.shape[0])
         return s.to(a.dtype) * a + m.to(a.dtype)
 
-    report, messages = _messages("07.santurkar_noise", santurkar_noise)
+    report, messages = check_messages("07.santurkar_noise", santurkar_noise)
     assert report.score == 0 and all("flagged" in m for m in messages), messages
 
 
@@ -122,8 +107,8 @@ ANGLE_MISTAKES = [
 @pytest.mark.parametrize("what, replacements, hint", ANGLE_MISTAKES,
                          ids=[m[0] for m in ANGLE_MISTAKES])
 def test_angle_mistakes_get_hints(solution_source, what, replacements, hint):
-    report, messages = _messages("07.angular_update",
-                                 _objects(solution_source, **replacements)["angular_update"])
+    report, messages = check_messages("07.angular_update",
+                                 solution_objects(solution_source, NOTEBOOK, **replacements)["angular_update"])
     assert report.score < 1.0
     assert any(hint in m for m in messages), messages
 
@@ -140,8 +125,8 @@ EQ_MISTAKES = [
 
 @pytest.mark.parametrize("what, replacements, hint", EQ_MISTAKES, ids=[m[0] for m in EQ_MISTAKES])
 def test_equilibrium_mistakes_get_hints(solution_source, what, replacements, hint):
-    report, messages = _messages("07.equilibrium",
-                                 _objects(solution_source, **replacements)["equilibrium"])
+    report, messages = check_messages("07.equilibrium",
+                                 solution_objects(solution_source, NOTEBOOK, **replacements)["equilibrium"])
     assert report.score < 1.0
     assert any(hint in m for m in messages), messages
 
@@ -153,7 +138,7 @@ def test_equilibrium_calling_the_package_is_flagged():
         n = equilibrium_norm(lr, weight_decay, unit_grad_norm)
         return n, lr / n**2
 
-    report, messages = _messages("07.equilibrium", equilibrium)
+    report, messages = check_messages("07.equilibrium", equilibrium)
     assert report.score == 0 and all("flagged" in m for m in messages), messages
 
 
@@ -162,13 +147,13 @@ def test_wrong_predictions_get_hints():
         return {"effective_lr_factor_wd_x4": 4.0, "grad_factor_weights_x10": 10,
                 "most_ics": "BN", "first_layer_gradient_deep_plain": "similar"}
 
-    report, messages = _messages("07.understanding", understanding)
+    report, messages = check_messages("07.understanding", understanding)
     assert report.score == 0 and len(messages) == 4
     assert all("Hint" in m for m in messages), messages
 
 
 def test_answers_type_errors():
-    report, messages = _messages("07.understanding", lambda: {"effective_lr_factor_wd_x4": "2",
+    report, messages = check_messages("07.understanding", lambda: {"effective_lr_factor_wd_x4": "2",
                                                         "grad_factor_weights_x10": True,
                                                         "most_ics": "noisy", })
     assert report.score == 0

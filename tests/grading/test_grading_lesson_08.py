@@ -2,7 +2,7 @@
 import pytest
 
 import bncourse
-from grading_helpers import solution_cells
+from grading_helpers import check_messages, solution_cells, solution_objects
 
 NOTEBOOK = "08_case_nlp_exercises.ipynb"
 
@@ -12,28 +12,13 @@ def solution_source():
     return "\n\n".join(solution_cells(NOTEBOOK))
 
 
-def _objects(source, **replacements):
-    """Execute the solution cells with text replaced (a typical mistake), return the names."""
-    for old, new in replacements.items():
-        assert old in source, old
-        source = source.replace(old, new)
-    namespace = {"__name__": "learner"}
-    exec(compile(source, NOTEBOOK, "exec"), namespace)
-    return namespace
-
-
-def _messages(exercise_id, obj):
-    report = bncourse.check(exercise_id, obj, quiet=True)
-    return report, [c.message for c in report.result.checks if c.points < c.max_points]
-
-
 @pytest.mark.parametrize("exercise, name", [
     ("08.PerStepBatchNorm", "PerStepBatchNorm"),
     ("08.bn_lstm_step", "bn_lstm_step"),
     ("08.predictions", "predictions"),
 ])
 def test_solution_passes(solution_source, exercise, name):
-    report, messages = _messages(exercise, _objects(solution_source)[name])
+    report, messages = check_messages(exercise, solution_objects(solution_source, NOTEBOOK)[name])
     assert report.score == 1.0, messages
 
 
@@ -81,8 +66,8 @@ NORM_MISTAKES = [
 
 @pytest.mark.parametrize("what, replacements, hint", NORM_MISTAKES, ids=[m[0] for m in NORM_MISTAKES])
 def test_per_step_mistakes_get_hints(solution_source, what, replacements, hint):
-    report, messages = _messages("08.PerStepBatchNorm",
-                                 _objects(solution_source, **replacements)["PerStepBatchNorm"])
+    report, messages = check_messages("08.PerStepBatchNorm",
+                                 solution_objects(solution_source, NOTEBOOK, **replacements)["PerStepBatchNorm"])
     assert report.score < 1.0
     assert any(hint in m for m in messages), messages
 
@@ -93,7 +78,7 @@ import bncourse.nn as _bnn
 class PerStepBatchNorm(_bnn.StepwiseBatchNorm):
     pass
 '''
-    report, messages = _messages("08.PerStepBatchNorm", _objects(source)["PerStepBatchNorm"])
+    report, messages = check_messages("08.PerStepBatchNorm", solution_objects(source, NOTEBOOK)["PerStepBatchNorm"])
     assert report.score == 0
     assert any("flagged" in m for m in messages), messages
 
@@ -117,8 +102,8 @@ STEP_MISTAKES = [
 
 @pytest.mark.parametrize("what, replacements, hint", STEP_MISTAKES, ids=[m[0] for m in STEP_MISTAKES])
 def test_step_mistakes_get_hints(solution_source, what, replacements, hint):
-    report, messages = _messages("08.bn_lstm_step",
-                                 _objects(solution_source, **replacements)["bn_lstm_step"])
+    report, messages = check_messages("08.bn_lstm_step",
+                                 solution_objects(solution_source, NOTEBOOK, **replacements)["bn_lstm_step"])
     assert report.score < 1.0
     assert any(hint in m for m in messages), messages
 
@@ -127,7 +112,7 @@ def test_calling_the_cell_is_flagged():
     def bn_lstm_step(cell, x, h, c, t):
         return cell(x, (h, c), time_step=t)
 
-    report, messages = _messages("08.bn_lstm_step", bn_lstm_step)
+    report, messages = check_messages("08.bn_lstm_step", bn_lstm_step)
     assert report.score == 0 and all("flagged" in m for m in messages), messages
 
 
@@ -136,7 +121,7 @@ def test_wrong_predictions_get_hints():
         return {"n_running_mean_buffers": 2, "bn_hh_running_mean_shape": (512,),
                 "eval_row_for_step_54": 4}
 
-    report, messages = _messages("08.predictions", predictions)
+    report, messages = check_messages("08.predictions", predictions)
     assert report.score == 0 and len(messages) == 3
     assert any("cell state" in m for m in messages)
     assert any("one row per time step" in m for m in messages)
