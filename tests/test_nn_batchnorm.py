@@ -365,3 +365,17 @@ def test_one_value_per_channel_is_fine_in_eval():
     for lib in (torch.nn, bnn):
         y = lib.BatchNorm1d(3).eval()(torch.randn(1, 3))
         assert y.shape == (1, 3)
+
+
+@pytest.mark.parametrize("module, expected", [
+    (lambda: bnn.BatchNorm1d(3), True), (lambda: bnn.BatchNorm2d(3), True),
+    (lambda: torch.nn.BatchNorm1d(3), True), (lambda: torch.nn.SyncBatchNorm(3), True),
+    (lambda: torch.nn.LayerNorm(3), False), (lambda: torch.nn.Linear(3, 3), False),
+])
+def test_is_batchnorm_recognises_torch_and_course_layers(module, expected):
+    assert bnn.is_batchnorm(module()) is expected
+
+
+def test_is_batchnorm_rejects_non_modules():
+    with pytest.raises(TypeError, match="module must be a torch.nn.Module"):
+        bnn.is_batchnorm("BatchNorm1d")

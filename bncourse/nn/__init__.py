@@ -4,12 +4,12 @@
 drop-in replacements for their `torch.nn` namesakes. `LSTMCell`, `BNLSTMCell` (per-step
 statistics, `StepwiseBatchNorm`) and `LNLSTMCell` are the cells of case study 08.
 """
-from bncourse.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from bncourse.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, is_batchnorm
 from bncourse.nn.functional import BatchNormFunction, batch_norm
 from bncourse.nn.fold import fold_batchnorm, recalibrate_batchnorm
 from bncourse.nn.recurrent import BNLSTMCell, LNLSTMCell, LSTMCell, run_cell
 from bncourse.nn.stepwise import StepwiseBatchNorm
 
 __all__ = ["batch_norm", "BatchNormFunction", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
-           "fold_batchnorm", "recalibrate_batchnorm",
+           "is_batchnorm", "fold_batchnorm", "recalibrate_batchnorm",
            "StepwiseBatchNorm", "LSTMCell", "BNLSTMCell", "LNLSTMCell", "run_cell"]

@@ -47,6 +47,8 @@ class StepwiseBatchNorm(Module):
     both `(max_length, C)`.
     """
 
+    _is_batchnorm = True  # for bncourse.nn.is_batchnorm
+
     def __init__(self, num_features: int, max_length: int, eps: float = 1e-5,
                  momentum: float = 0.1, weight_init: float = 1.0, bias: bool = True,
                  reuse_last: bool = True) -> None:
