@@ -1,6 +1,6 @@
 """The `bncourse` command: open the course, check the environment, grade, certify.
 
-    bncourse lab            open the course notebooks in JupyterLab
+    bncourse lab [JUPYTER OPTIONS]  open the course (lessons and exercises) in JupyterLab
     bncourse doctor         check that this environment can run the course
     bncourse grade PATH     grade exercise notebooks (see `bncourse grade --help`)
     bncourse certificate    grade every module and issue a certificate
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bncourse._version import __version__
 
-__all__ = ["main", "find_course_root", "doctor_checks", "sandbox_check"]
+__all__ = ["main", "find_course_root", "doctor_checks", "sandbox_check", "lab_command"]
 
 # The packages the course needs at run time, by import name.
 RUNTIME_MODULES = ["numpy", "torch", "matplotlib", "tqdm", "sklearn", "gymnasium", "mnist1d",
@@ -57,14 +57,31 @@ def doctor_checks() -> list[tuple[str, bool, str]]:
         results.append(("torch build", True, detail))
     except Exception:
         pass
-    kernel_ok = shutil.which("jupyter") is not None
-    results.append(("jupyter", kernel_ok, "found" if kernel_ok else
+    # `bncourse lab` runs `python -m jupyterlab`, so what counts is this interpreter's JupyterLab,
+    # not a `jupyter` on PATH.
+    lab_ok = importlib.util.find_spec("jupyterlab") is not None
+    results.append(("jupyterlab", lab_ok, "installed" if lab_ok else
                     "not found. Fix: pip install -e '.[dev]' (installs JupyterLab)"))
     root = find_course_root()
-    results.append(("course folder", root is not None, str(root) if root else
+    # Never the absolute path: doctor's output is shown in lesson 00 and must read the same on
+    # every machine.
+    results.append(("course folder", root is not None, _describe_root(root) if root else
                     "notebooks/ not found: run bncourse from the course checkout"))
     results.append(sandbox_check(root))
     return results
+
+
+def _describe_root(root: Path) -> str:
+    present = [name + "/" for name in ("notebooks", "exercises", "solutions")
+               if (root / name).is_dir()]
+    try:
+        where = Path(os.path.relpath(root, Path.cwd()))
+    except ValueError:  # another drive (Windows)
+        where = None
+    place = "the current folder" if where == Path(".") else (
+        f"{where.as_posix()}/" if where is not None and not where.is_absolute()
+        and len(where.parts) <= 3 else "the checkout this package was installed from")
+    return f"found: {place} (with {', '.join(present)})"
 
 
 def sandbox_check(root: Path | None) -> tuple[str, bool, str]:
@@ -90,15 +107,38 @@ def sandbox_check(root: Path | None) -> tuple[str, bool, str]:
                          "Check that `python -I -c 'import torch, bncourse'` works")
 
 
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def lab_command(root: Path, jupyter_args: list[str], as_root: bool | None = None) -> list[str]:
+    """The JupyterLab command `bncourse lab` runs: rooted at the course folder (so both
+    `notebooks/` and `exercises/` can be reached), opening lesson 00, with the learner's own
+    Jupyter options passed through. As root (a Docker container) Jupyter refuses to start
+    without `--allow-root`, so it is added there."""
+    if not isinstance(jupyter_args, (list, tuple)):
+        raise TypeError(f"jupyter_args must be a list of strings, got {type(jupyter_args).__name__}")
+    cmd = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={root}"]
+    start = root / "notebooks" / "00_start_here.ipynb"
+    if start.is_file() and not any(not arg.startswith("-") for arg in jupyter_args):
+        cmd.append(str(start))
+    if (_is_root() if as_root is None else as_root) and "--allow-root" not in jupyter_args:
+        cmd.append("--allow-root")
+    return cmd + list(jupyter_args)
+
+
 def _cmd_lab(args) -> int:
     root = find_course_root()
     if root is None:
         print("bncourse lab: cannot find the course's notebooks/ folder; "
               "run it from the course checkout.", file=sys.stderr)
         return 2
-    cmd = [sys.executable, "-m", "jupyterlab", str(root / "notebooks")]
-    if args.no_browser:
-        cmd.append("--no-browser")
+    extra = list(args.jupyter_args)
+    if args.no_browser and "--no-browser" not in extra:
+        extra.append("--no-browser")
+    cmd = lab_command(root, extra)
+    if "--allow-root" in cmd and "--allow-root" not in extra:
+        print("bncourse lab: running as root (a container?), so --allow-root is passed to Jupyter.")
     print("Opening the course:", " ".join(cmd))
     return subprocess.call(cmd, cwd=root)
 
@@ -119,8 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"bncourse {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    lab = sub.add_parser("lab", help="open the course notebooks in JupyterLab")
+    lab = sub.add_parser(
+        "lab", help="open the course (lessons and exercises) in JupyterLab",
+        description="Open JupyterLab on the course folder, at lesson 00. Any further options go "
+                    "to Jupyter unchanged, e.g. `bncourse lab --port 8899 --ip 0.0.0.0`.")
     lab.add_argument("--no-browser", action="store_true", help="do not open a browser window")
+
     lab.set_defaults(func=_cmd_lab)
     doctor = sub.add_parser("doctor", help="check that this environment can run the course")
     doctor.set_defaults(func=_cmd_doctor)
@@ -132,7 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # `bncourse lab` passes the options it does not know to Jupyter; every other command is strict.
+    args, unknown = parser.parse_known_args(argv)
+    if getattr(args, "command", None) == "lab":
+        args.jupyter_args = unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2

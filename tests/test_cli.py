@@ -78,9 +78,9 @@ def test_find_course_root_falls_back_to_the_checkout_or_none(tmp_path, monkeypat
     assert cli.find_course_root(elsewhere) == checkout.resolve()
 
 
-def test_lab_runs_jupyterlab_on_the_notebooks(monkeypatch, tmp_path, capsys):
-    root = _course_folder(tmp_path / "course")
+def _fake_lab(monkeypatch, root, as_root=False):
     monkeypatch.setattr(cli, "find_course_root", lambda start=None: root)
+    monkeypatch.setattr(cli, "_is_root", lambda: as_root)
     calls = []
 
     def fake_call(cmd, cwd=None):
@@ -88,11 +88,62 @@ def test_lab_runs_jupyterlab_on_the_notebooks(monkeypatch, tmp_path, capsys):
         return 0
 
     monkeypatch.setattr(cli.subprocess, "call", fake_call)  # never start JupyterLab in a test
+    return calls
+
+
+def test_lab_opens_the_course_root_at_lesson_00(monkeypatch, tmp_path, capsys):
+    root = _course_folder(tmp_path / "course")
+    (root / "notebooks" / "00_start_here.ipynb").write_text("{}")
+    calls = _fake_lab(monkeypatch, root)
     assert cli.main(["lab", "--no-browser"]) == 0
     ((cmd, cwd),) = calls
-    assert cmd == [sys.executable, "-m", "jupyterlab", str(root / "notebooks"), "--no-browser"]
+    # Rooted at the course folder, so exercises/ is reachable from the Lab it opens.
+    assert cmd == [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={root}",
+                   str(root / "notebooks" / "00_start_here.ipynb"), "--no-browser"]
     assert cwd == root
     assert "Opening the course" in capsys.readouterr().out
+
+
+def test_lab_passes_jupyter_options_through(monkeypatch, tmp_path):
+    root = _course_folder(tmp_path / "course")
+    calls = _fake_lab(monkeypatch, root)
+    assert cli.main(["lab", "--port", "8899", "--ip=0.0.0.0"]) == 0
+    ((cmd, _),) = calls
+    assert cmd[-3:] == ["--port", "8899", "--ip=0.0.0.0"]
+    assert "--allow-root" not in cmd
+
+
+def test_lab_as_root_adds_allow_root_and_says_so(monkeypatch, tmp_path, capsys):
+    root = _course_folder(tmp_path / "course")
+    calls = _fake_lab(monkeypatch, root, as_root=True)
+    assert cli.main(["lab"]) == 0
+    ((cmd, _),) = calls
+    assert cmd.count("--allow-root") == 1
+    assert "running as root" in capsys.readouterr().out
+    calls.clear()
+    assert cli.main(["lab", "--allow-root"]) == 0  # given by the learner: not twice
+    assert calls[0][0].count("--allow-root") == 1
+
+
+def test_other_commands_still_reject_unknown_options(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["doctor", "--port", "1"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --port 1" in capsys.readouterr().err
+
+
+def test_lab_command_rejects_a_string_of_options(tmp_path):
+    with pytest.raises(TypeError, match="jupyter_args must be a list"):
+        cli.lab_command(tmp_path, "--port 1")
+
+
+def test_doctor_shows_no_absolute_path(monkeypatch, tmp_path):
+    root = _course_folder(tmp_path / "course")
+    monkeypatch.chdir(root)
+    detail = cli._describe_root(root)
+    assert str(tmp_path) not in detail and detail.startswith("found: the current folder")
+    monkeypatch.chdir(tmp_path)
+    assert cli._describe_root(root).startswith("found: course/")
 
 
 def test_lab_without_a_course_folder_exits_2(monkeypatch, capsys):
