@@ -302,3 +302,30 @@ def test_recalibrate_unused_bn_is_an_error():
 
     with pytest.raises(ValueError, match="saw no input"):
         recalibrate_batchnorm(Skip(), [torch.randn(4, 3)])
+
+
+def test_fold_uses_is_batchnorm_and_refuses_per_step_statistics():
+    # StepwiseBatchNorm is a batch norm (is_batchnorm), but one affine map per time step: no fold.
+    from bncourse.nn.stepwise import StepwiseBatchNorm
+
+    model = nn.Sequential(nn.Linear(4, 3), StepwiseBatchNorm(3, max_length=5)).eval()
+    with pytest.raises(ValueError, match=r"running statistics have shape \(5, 3\)"):
+        bnn.fold_batchnorm(model)
+
+
+def test_fold_accepts_a_bn_that_is_not_bound_to_one_rank():
+    # A BN class the fold table does not list, recognised by is_batchnorm, folds like BatchNorm1d.
+    from bncourse.nn.batchnorm import _BatchNorm
+
+    class AnyRankBatchNorm(_BatchNorm):
+        def _check_input_dim(self, input):
+            pass
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), AnyRankBatchNorm(3))
+    model(torch.randn(8, 2, 5, 5))  # running statistics away from their initial values
+    model.eval()
+    x = torch.randn(4, 2, 5, 5)
+    folded = bnn.fold_batchnorm(model)
+    assert not any(bnn.is_batchnorm(m) for m in folded.modules())
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)

@@ -20,14 +20,11 @@ from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
-
 from bncourse.nn import batchnorm as _bn
+from bncourse.nn.batchnorm import is_batchnorm
 
 __all__ = ["fold_batchnorm", "recalibrate_batchnorm"]
 
-# torch.nn's BatchNorm1d/2d/3d and SyncBatchNorm, and the course's own BatchNorm1d/2d/3d.
-_BN_TYPES = (_TorchBatchNorm, _bn._BatchNorm)
 # Which BN may follow which layer: BN1d sees Linear's (N, C) or Conv1d's (N, C, L) output.
 _FOLDABLE = {
     nn.Linear: (nn.BatchNorm1d, _bn.BatchNorm1d),
@@ -37,8 +34,15 @@ _FOLDABLE = {
 }
 
 
+# The BNs bound to one input rank; any other BN (torch's and the course's SyncBatchNorm, the
+# variants of lesson 10) accepts whatever the layer before it produced.
+_RANKED = tuple(t for types in _FOLDABLE.values() for t in types)
+
+
 def _is_bn(module: nn.Module) -> bool:
-    return isinstance(module, _BN_TYPES)
+    # The one predicate (torch's BNs, the course's and its variants); in eval mode each is an
+    # affine map with its running statistics, so each folds.
+    return is_batchnorm(module)
 
 
 def _out_channels(layer: nn.Module) -> int:
@@ -55,7 +59,7 @@ def _check_foldable(layer: nn.Module | None, bn: nn.Module, where: str) -> None:
             f"cannot fold {bn_name} at {where}: it must directly follow a Linear, Conv1d, "
             f"Conv2d or Conv3d in the same Sequential, but follows {before}"
         )
-    if not isinstance(bn, _FOLDABLE[layer_type]) and not isinstance(bn, nn.SyncBatchNorm):
+    if isinstance(bn, _RANKED) and not isinstance(bn, _FOLDABLE[layer_type]):
         raise ValueError(
             f"cannot fold {bn_name} at {where}: a {layer_type.__name__} is followed by "
             f"{' or '.join(sorted({t.__name__ for t in _FOLDABLE[layer_type]}))}"
@@ -65,10 +69,18 @@ def _check_foldable(layer: nn.Module | None, bn: nn.Module, where: str) -> None:
             f"cannot fold {bn_name}({bn.num_features}) at {where}: the preceding "
             f"{layer_type.__name__} has {_out_channels(layer)} output channels"
         )
-    if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
+    running_mean = getattr(bn, "running_mean", None)
+    if (not getattr(bn, "track_running_stats", True) or running_mean is None
+            or getattr(bn, "running_var", None) is None):
         raise ValueError(
             f"cannot fold {bn_name} at {where}: it has no running statistics "
             f"(track_running_stats=False normalises with batch statistics even in eval mode)"
+        )
+    if tuple(running_mean.shape) != (bn.num_features,):
+        raise ValueError(
+            f"cannot fold {bn_name} at {where}: its running statistics have shape "
+            f"{tuple(running_mean.shape)}, not one value per channel ({bn.num_features},) "
+            f"(a BN with per-time-step statistics is not one affine map)"
         )
 
 
