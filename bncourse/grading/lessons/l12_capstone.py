@@ -133,7 +133,7 @@ def _stats(x, mask, counted="real"):
     x = x.astype(np.float64)
     if counted == "all":  # padding counted
         return x.mean(axis=(0, 2)), x.var(axis=(0, 2))
-    count = m.sum()
+    count = m.size if counted == "NL" else m.sum()  # "NL": sums over real values / (N * L)
     mean = (x * m).sum(axis=(0, 2)) / count
     var = (((x - mean[None, :, None]) * m) ** 2).sum(axis=(0, 2)) / count
     return mean, var
@@ -154,9 +154,11 @@ def _tolerance(dtype):
 def _forward_hints(inputs):
     x, mask, gamma, beta, eps = (inputs[k] for k in ("x", "mask", "gamma", "beta", "eps"))
     count = mask.sum()
-    total = mask.size
     mean, var = _stats(x, mask)
     mean_all, var_all = _stats(x, mask, "all")
+    mean_nl, var_nl = _stats(x, mask, "NL")
+    unmasked = _normalise(x, mask, gamma, beta, eps, mean, var, mask_output=False)
+    beta_at_padding = np.where(mask[:, None, :], unmasked, beta.reshape(1, -1, 1))
     return (
         ("padded positions entered the statistics: sum only over the real positions (multiply "
          "by the mask) and divide by the number of real positions",
@@ -165,12 +167,12 @@ def _forward_hints(inputs):
          "afterwards leaves mean and variance contaminated",
          lambda: _normalise(x, mask, gamma, beta, eps, mean_all, var_all)),
         ("divide by the number of real positions per channel, not by N * L",
-         lambda: _normalise(x, mask, gamma, beta, eps, mean * count / total,
-                            var * count / total)),
+         lambda: _normalise(x, mask, gamma, beta, eps, mean_nl, var_nl)),
         ("use the biased variance (divide by the count M, not M - 1) to normalise",
          lambda: _normalise(x, mask, gamma, beta, eps, mean, var * count / (count - 1))),
-        ("padded positions of the output must be 0",
-         lambda: _normalise(x, mask, gamma, beta, eps, mean, var, mask_output=False)),
+        ("padded positions of the output must be 0", lambda: unmasked),
+        ("padded positions of the output must be 0 (beta is added there too: mask the output "
+         "last)", lambda: beta_at_padding),
     )
 
 
