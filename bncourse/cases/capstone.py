@@ -90,18 +90,18 @@ def sequence_accuracy(model: nn.Module, data: PaddedSequences, batch_size: int =
 
 def train_sequence_classifier(norm: Callable[[int], nn.Module], train: PaddedSequences,
                               test: PaddedSequences, steps: int = 300, batch_size: int = 32,
-                              lr: float = 0.1, seed: int = 0, eval_every: int = 50,
-                              optimizer: str = "sgd") -> History:
-    """Train `SequenceClassifier(norm)` with SGD (momentum 0.9); test accuracy every
-    `eval_every` steps. Each mini-batch is padded to its own longest sequence."""
+                              lr: float = 0.01, seed: int = 0,
+                              eval_every: int = 50) -> History:
+    """Train `SequenceClassifier(norm)` with SGD (momentum 0.9); eval-mode test accuracy every
+    `eval_every` steps. Each mini-batch is padded to its own longest sequence. The trained
+    model is `history.model`."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if not isinstance(eval_every, int) or eval_every < 1:
+        raise ValueError(f"eval_every must be a positive int, got {eval_every!r}")
     torch.manual_seed(seed)
     model = SequenceClassifier(norm)
-    if optimizer == "adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     generator = torch.Generator().manual_seed(seed)
     history, losses = History(), []
     for step in range(1, steps + 1):
@@ -122,12 +122,13 @@ def train_sequence_classifier(norm: Callable[[int], nn.Module], train: PaddedSeq
 
 @torch.no_grad()
 def recalibrate_sequence_model(model: nn.Module, data: PaddedSequences,
-                               batch_size: int = 100) -> nn.Module:
+                               batch_size: int = 100, pad_to: int | None = None) -> nn.Module:
     """Lesson 05's recalibration for a model whose norms take a mask: reset every BN's running
     statistics, then average them (momentum=None) over `data` in batches, only the BN layers in
     training mode, through each norm's own forward, so a masked BN counts only the real
-    positions. Each batch counts once, whatever its number of real positions. In place; returns
-    `model` in eval mode."""
+    positions. Each batch counts once, whatever its number of real positions. Batches are padded
+    to their own longest sequence, or to `pad_to` positions (a pipeline with a fixed length). In
+    place; returns `model` in eval mode."""
     from bncourse.nn import is_batchnorm
 
     norms = [m for m in model.modules() if is_batchnorm(m) and m.track_running_stats]
@@ -141,6 +142,8 @@ def recalibrate_sequence_model(model: nn.Module, data: PaddedSequences,
         m.train()
     for start in range(0, len(data), batch_size):
         batch = data[start:start + batch_size]
+        if pad_to is not None:
+            batch = batch.pad_to(pad_to)
         model(batch.x, batch.mask)
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
