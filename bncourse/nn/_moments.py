@@ -92,6 +92,8 @@ def merge_moments(a: Moments, b: Moments) -> Moments:
     n = a.count + b.count
     if float(n) == 0.0:
         return Moments(n, torch.zeros_like(a.mean), torch.zeros_like(a.m2))
+    if float(a.count) == 0.0 or float(b.count) == 0.0:  # an empty part's mean may be NaN
+        return b if float(a.count) == 0.0 else a
     delta = b.mean - a.mean
     mean = a.mean + delta * (b.count / n)
     m2 = a.m2 + b.m2 + delta * delta * (a.count * b.count / n)
