@@ -38,7 +38,8 @@ from bncourse.data import load_digits
 from bncourse.models import mlp
 from bncourse.nn import BatchNorm1d, SyncBatchNorm, convert_sync_batchnorm
 
-__all__ = ["free_port", "launch", "init_from_env", "bn_parity", "train_digits", "main"]
+__all__ = ["free_port", "launch", "init_from_env", "parity_batch", "bn_parity", "train_digits",
+           "count_collectives", "lesson_experiments", "main"]
 
 NORMS = ("per_replica", "sync", "full")
 
@@ -284,6 +285,43 @@ def train_digits(rank: int, world_size: int, norm: str = "sync", per_device_batc
     accuracy = float((predictions == data.y_test).double().mean())
     return {"loss": np.array(losses), "test_accuracy": accuracy,
             "step_time": float(np.median(times))}
+
+
+def count_collectives(rank: int, world_size: int, norm: str, per_device_batch: int = 2) -> dict:
+    """How many collectives one training step of `train_digits` makes, by kind."""
+    counts = {"all_gather": 0, "all_reduce": 0}
+    originals = {name: getattr(dist, name) for name in counts}
+
+    def counting(name):
+        def wrapper(*args, **kwargs):
+            counts[name] += 1
+            return originals[name](*args, **kwargs)
+        return wrapper
+
+    for name in counts:
+        setattr(dist, name, counting(name))
+    try:
+        train_digits(rank, world_size, norm=norm, per_device_batch=per_device_batch, steps=1)
+    finally:
+        for name, original in originals.items():
+            setattr(dist, name, original)
+    return counts
+
+
+def lesson_experiments(rank: int, world_size: int, sizes, seeds=(0, 1), steps: int = 200,
+                       per_device_batch: int = 2) -> dict:
+    """Everything lesson 11 measures in one launch (each launch costs a process start-up):
+    `bn_parity` on `sizes`, collectives per step, and `train_digits` per norm and seed."""
+    out = {"parity": bn_parity(rank, world_size, sizes),
+           "collectives": {norm: count_collectives(rank, world_size, norm, per_device_batch)
+                           for norm in ("per_replica", "sync")},
+           "train": {}}
+    for seed in seeds:
+        for norm in ("per_replica", "sync"):
+            out["train"][f"{norm}/{seed}"] = train_digits(
+                rank, world_size, norm=norm, per_device_batch=per_device_batch, steps=steps,
+                seed=seed)
+    return out
 
 
 # --- the script: torchrun or the course's launcher ------------------------------------------
