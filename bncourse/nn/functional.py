@@ -32,7 +32,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["batch_norm", "BatchNormFunction"]
+from bncourse.nn._moments import Moments, channel_moments
+from bncourse.nn._moments import as_rows as _as_rows
+from bncourse.nn._moments import channel_sum as _channel_sum
+from bncourse.nn._moments import per_channel as _per_channel
+
+__all__ = ["batch_norm", "BatchNormFunction", "batch_norm_stats", "batch_norm_elemt",
+           "batch_norm_backward_reduce", "batch_norm_backward_elemt", "update_running_stats"]
 
 
 def _empty_like_rows(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -43,28 +49,6 @@ def _empty_like_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     """
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     return out, _as_rows(out)
-
-
-def _as_rows(x: Tensor) -> Tensor:
-    """`(N, C)` stays `(N, C)`; `(N, C, *spatial)` becomes `(N, C, L)`, L = prod(spatial)."""
-    return x if x.dim() == 2 else x.flatten(2)
-
-
-def _per_channel(v: Tensor, ndim: int) -> Tensor:
-    """View a `(C,)` tensor as `(1, C, 1, ...)` so it broadcasts against an `ndim`-D tensor."""
-    return v if ndim == 2 else v.view((1, -1) + (1,) * (ndim - 2))  # (C,) broadcasts to (N, C)
-
-
-def _channel_sum(t: Tensor, scale: float = 1.0) -> Tensor:
-    """``scale * sum`` of a `(N, C)` or `(N, C, L)` tensor over all but the channel dimension.
-
-    Returns `(C,)`. `scale=1 / M` gives the per-channel mean.
-    """
-    if t.dim() == 3:
-        t = t.sum(2)  # (N, C): the contiguous last dimension first
-    # full(N, scale) @ t is a BLAS matrix-vector product: about twice as fast as t.sum(0),
-    # which reduces over the strided dimension (measured on (256, 1024): 15 us vs 30 us).
-    return torch.full((t.shape[0],), scale, dtype=t.dtype, device=t.device) @ t
 
 
 def _scale_shift(x: Tensor, scale: Tensor, shift: Tensor, out: Tensor | None = None) -> Tensor:
@@ -85,6 +69,62 @@ def _batch_statistics(x: Tensor, eps: float):
     return mean, torch.rsqrt(var + eps)
 
 
+# --- the four named pieces (SyncBN, lesson 11, puts a collective between them) --------------
+
+def batch_norm_stats(input: Tensor, workspace: Tensor | None = None) -> Moments:
+    """Per-channel ``(count, mean, M2)`` of a training batch `(N, C, *)` (N may be 0).
+
+    The biased variance is ``M2 / count``. `workspace`: optional `(N, C)` / `(N, C, L)` buffer
+    for ``(x - mean)**2`` (see `bncourse.nn._moments.channel_moments`).
+    """
+    return channel_moments(input, workspace)
+
+
+def batch_norm_elemt(input: Tensor, mean: Tensor, inv_std: Tensor, weight: Tensor | None,
+                     bias: Tensor | None, out: Tensor | None = None) -> Tensor:
+    """``y = weight * (x - mean) * inv_std + bias``, computed as ``x * scale + shift``.
+
+    input `(N, C)` or `(N, C, L)` (`_as_rows` view); mean, inv_std, weight, bias `(C,)`
+    (weight/bias None: 1/0). `out`: where to write (a tensor like `input`).
+    """
+    scale = inv_std if weight is None else weight * inv_std
+    shift = -mean * scale if bias is None else torch.addcmul(bias, mean, scale, value=-1)
+    return _scale_shift(input, scale, shift, out=out)
+
+
+def batch_norm_backward_reduce(grad_output: Tensor, input: Tensor, mean: Tensor,
+                               inv_std: Tensor, workspace: Tensor | None = None):
+    """The backward's two per-channel sums, ``(sum(dy), sum(dy * x_hat))``, both `(C,)`.
+
+    They are also dbias and dweight. grad_output and input `(N, C)` or `(N, C, L)`.
+    `workspace` (like `input`) holds ``dy * (x - mean)``; centring before the product avoids
+    the cancellation of ``sum(dy * x) - mean * sum(dy)``.
+    """
+    if workspace is None:
+        workspace = torch.empty(input.shape, dtype=input.dtype, device=input.device)
+    sum_dy = _channel_sum(grad_output)
+    torch.sub(input, _per_channel(mean, input.dim()), out=workspace)
+    sum_dy_x_hat = _channel_sum(workspace.mul_(grad_output)) * inv_std
+    return sum_dy, sum_dy_x_hat
+
+
+def batch_norm_backward_elemt(grad_output: Tensor, input: Tensor, mean: Tensor,
+                              inv_std: Tensor, weight: Tensor | None, sum_dy: Tensor,
+                              sum_dy_x_hat: Tensor, count, out: Tensor | None = None) -> Tensor:
+    """``dx = weight * inv_std / M * (M * dy - sum(dy) - x_hat * sum(dy * x_hat))``.
+
+    `count` is M, the number of values per channel the statistics came from: the whole
+    (global) batch, which under SyncBN is larger than this input. Computed as
+    ``dx = a * dy + b * (x - mean) + c`` = ``(x * b + (c - b * mean)) + a * dy``: two passes.
+    """
+    a = inv_std if weight is None else weight * inv_std
+    minus_a_over_M = a * (-1.0 / count)
+    b = minus_a_over_M * inv_std * sum_dy_x_hat
+    c = minus_a_over_M * sum_dy
+    dx = _scale_shift(input, b, torch.addcmul(c, b, mean, value=-1), out=out)
+    return dx.addcmul_(grad_output, _per_channel(a, input.dim()))
+
+
 class BatchNormFunction(torch.autograd.Function):
     """Training-mode batch normalization with the compact closed-form backward.
 
@@ -95,24 +135,12 @@ class BatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
-        x_rows = _as_rows(x)  # (N, C) or (N, C, L)
-        M = x_rows.numel() // x_rows.shape[1]  # values per channel
-        mean = _channel_sum(x_rows, 1.0 / M)  # first estimate
-        # The one full-size allocation, y: it holds x - mean, then (x - mean)**2, then y.
+        # The one full-size allocation, y: it holds (x - mean)**2, then y.
         y, y_rows = _empty_like_rows(x)
-        torch.sub(x_rows, _per_channel(mean, x_rows.dim()), out=y_rows)
-        # Corrected two-pass algorithm (Chan, Golub & LeVeque 1983): the mean of the deviations
-        # is the rounding error of the first estimate; adding it back makes the mean accurate
-        # even when |mean| >> std, and subtracting its square corrects the variance.
-        correction = _channel_sum(y_rows, 1.0 / M)
-        var = _channel_sum(y_rows.square_(), 1.0 / M) - correction * correction  # biased
-        var.clamp_(min=0.0)  # rounding can leave -1e-7 for a constant channel
-        mean = mean + correction
+        count, mean, m2 = batch_norm_stats(x, workspace=y_rows)
+        var = m2 / count  # biased
         inv_std = torch.rsqrt(var + eps)
-        # y = weight * (x - mean) * inv_std + bias = x * scale + shift (as the native kernel).
-        scale = inv_std if weight is None else weight * inv_std
-        shift = -mean * scale if bias is None else torch.addcmul(bias, mean, scale, value=-1)
-        _scale_shift(x_rows, scale, shift, out=y_rows)
+        batch_norm_elemt(_as_rows(x), mean, inv_std, weight, bias, out=y_rows)
         # Like the native kernel, keep x, mean and inv_std (not x_hat): C numbers, not N*C.
         ctx.save_for_backward(x, weight, mean, inv_std)
         ctx.eps = eps
@@ -133,23 +161,13 @@ class BatchNormFunction(torch.autograd.Function):
             return _backward_differentiable(ctx, dy, x, weight)
         x_rows, dy_rows = _as_rows(x), _as_rows(dy)  # (N, C) or (N, C, L)
         M = x_rows.numel() // x_rows.shape[1]
-
-        sum_dy = _channel_sum(dy_rows)  # = dbias
-        # The one full-size allocation, dx: it holds dy * (x - mean) first. Centring before
-        # the product avoids the cancellation of sum(dy * x) - mean * sum(dy).
+        # The one full-size allocation, dx: it holds dy * (x - mean), then dx.
         dx, dx_rows = _empty_like_rows(x)
-        torch.sub(x_rows, _per_channel(mean, x_rows.dim()), out=dx_rows)
-        sum_dy_x_hat = _channel_sum(dx_rows.mul_(dy_rows)) * inv_std  # = dweight
-
+        sum_dy, sum_dy_x_hat = batch_norm_backward_reduce(dy_rows, x_rows, mean, inv_std,
+                                                          workspace=dx_rows)
         if ctx.needs_input_grad[0]:
-            # dx = a * dy + b * (x - mean) + c, the compact form with x_hat = (x - mean) * inv_std,
-            # computed as (x * b + (c - b * mean)) + a * dy: two passes over x.
-            a = inv_std if weight is None else weight * inv_std
-            minus_a_over_M = a * (-1.0 / M)
-            b = minus_a_over_M * inv_std * sum_dy_x_hat
-            c = minus_a_over_M * sum_dy
-            _scale_shift(x_rows, b, torch.addcmul(c, b, mean, value=-1), out=dx_rows)
-            dx_rows.addcmul_(dy_rows, _per_channel(a, x_rows.dim()))
+            batch_norm_backward_elemt(dy_rows, x_rows, mean, inv_std, weight, sum_dy,
+                                      sum_dy_x_hat, M, out=dx_rows)
         else:
             dx = None
         dweight = sum_dy_x_hat if weight is not None and ctx.needs_input_grad[1] else None
@@ -265,7 +283,7 @@ def batch_norm(
     x, w, b = (_cast(t, compute_dtype) for t in (input, weight, bias))
     y, mean, var = BatchNormFunction.apply(x, w, b, eps)
     if running_mean is not None:
-        _update_running_stats(running_mean, running_var, mean, var, momentum, x.numel() // C)
+        update_running_stats(running_mean, running_var, mean, var, momentum, x.numel() // C)
     return _cast(y, input.dtype)
 
 
@@ -275,8 +293,12 @@ def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
 
 
 @torch.no_grad()
-def _update_running_stats(running_mean, running_var, mean, var, momentum, M):
-    """In-place exponential moving average; the variance is stored unbiased (M / (M - 1))."""
+def update_running_stats(running_mean, running_var, mean, var, momentum, M):
+    """In place: ``running = (1 - momentum) * running + momentum * batch``, for the mean and
+    for the variance stored unbiased (``var * M / (M - 1)``; `var` is the biased one).
+
+    running_mean/running_var `(C,)` or None; M the values per channel behind `mean`/`var`.
+    """
     if running_mean is not None:
         running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
     if running_var is not None:
