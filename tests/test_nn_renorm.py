@@ -211,3 +211,13 @@ BAD = [
 def test_bad_arguments_and_input(call, exception, message):
     with pytest.raises(exception, match=message):
         call()
+
+
+def test_renorm_factors_clip_and_carry_no_gradient():
+    mean_B = torch.tensor([0.0, 10.0, -10.0], requires_grad=True)
+    sigma_B = torch.tensor([1.0, 100.0, 0.01], requires_grad=True)
+    r, d = bnn.renorm_factors(mean_B, sigma_B, torch.zeros(3), torch.ones(3) - 1e-5, 3.0, 5.0,
+                              1e-5)
+    assert_close(r, torch.tensor([1.0, 3.0, 1 / 3]))
+    assert_close(d, torch.tensor([0.0, 5.0, -5.0]))
+    assert not r.requires_grad and not d.requires_grad

@@ -10,7 +10,7 @@ from bncourse.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, is_batc
 from bncourse.nn.functional import BatchNormFunction, batch_norm
 from bncourse.nn.ghost import GhostBatchNorm1d, GhostBatchNorm2d
 from bncourse.nn.groupnorm import GroupNorm, group_norm
-from bncourse.nn.renorm import BatchRenorm1d, BatchRenorm2d, renorm_limits
+from bncourse.nn.renorm import BatchRenorm1d, BatchRenorm2d, renorm_factors, renorm_limits
 from bncourse.nn.fold import fold_batchnorm, recalibrate_batchnorm
 from bncourse.nn.recurrent import BNLSTMCell, LNLSTMCell, LSTMCell, run_cell
 from bncourse.nn.stepwise import StepwiseBatchNorm
@@ -19,4 +19,4 @@ __all__ = ["batch_norm", "BatchNormFunction", "BatchNorm1d", "BatchNorm2d", "Bat
            "is_batchnorm", "fold_batchnorm", "recalibrate_batchnorm",
            "StepwiseBatchNorm", "LSTMCell", "BNLSTMCell", "LNLSTMCell", "run_cell",
            "GroupNorm", "group_norm", "BatchRenorm1d", "BatchRenorm2d", "renorm_limits",
-           "GhostBatchNorm1d", "GhostBatchNorm2d"]
+           "renorm_factors", "GhostBatchNorm1d", "GhostBatchNorm2d"]

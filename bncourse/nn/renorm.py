@@ -29,7 +29,7 @@ from torch import Tensor
 from bncourse.nn.batchnorm import _BatchNorm
 from bncourse.nn.functional import _per_channel, _update_running_stats, batch_norm
 
-__all__ = ["BatchRenorm1d", "BatchRenorm2d", "renorm_limits"]
+__all__ = ["BatchRenorm1d", "BatchRenorm2d", "renorm_limits", "renorm_factors"]
 
 
 def renorm_limits(step: int, r_max: float = 3.0, d_max: float = 5.0, warmup_steps: int = 5000,
@@ -45,6 +45,18 @@ def renorm_limits(step: int, r_max: float = 3.0, d_max: float = 5.0, warmup_step
     r_frac = 1.0 if r_ramp_steps == 0 else min(1.0, past / r_ramp_steps)
     d_frac = 1.0 if d_ramp_steps == 0 else min(1.0, past / d_ramp_steps)
     return 1.0 + (r_max - 1.0) * r_frac, d_max * d_frac
+
+
+@torch.no_grad()  # sg(.): r and d are constants for the backward pass
+def renorm_factors(mean_B: Tensor, sigma_B: Tensor, running_mean: Tensor, running_var: Tensor,
+                   r_max: float, d_max: float, eps: float) -> tuple[Tensor, Tensor]:
+    """Ioffe 2017's corrections, all `(C,)`, without gradient:
+    ``r = clip(sigma_B / sigma, 1/r_max, r_max)``, ``d = clip((mean_B - mu) / sigma, -d_max, d_max)``
+    with ``sigma = sqrt(running_var + eps)``; `sigma_B` is ``sqrt(biased var_B + eps)``."""
+    sigma = torch.sqrt(running_var.to(sigma_B.dtype) + eps)
+    r = (sigma_B / sigma).clamp(1.0 / r_max, r_max)
+    d = ((mean_B - running_mean.to(mean_B.dtype)) / sigma).clamp(-d_max, d_max)
+    return r, d
 
 
 def _check_number(value, name: str, low: float) -> None:
@@ -114,10 +126,8 @@ class _BatchRenorm(_BatchNorm):
         x_mu = x - _per_channel(mean_B, x.dim())
         var_B = (x_mu * x_mu).mean(dims)  # biased, as BN normalises
         sigma_B = torch.sqrt(var_B + self.eps)
-        with torch.no_grad():  # sg(.): r and d are constants for the backward pass
-            sigma = torch.sqrt(self.running_var.to(compute_dtype) + self.eps)
-            r = (sigma_B / sigma).clamp(1.0 / r_max, r_max)
-            d = ((mean_B - self.running_mean.to(compute_dtype)) / sigma).clamp(-d_max, d_max)
+        r, d = renorm_factors(mean_B, sigma_B, self.running_mean, self.running_var, r_max, d_max,
+                              self.eps)
         x_hat = x_mu * _per_channel(r / sigma_B, x.dim()) + _per_channel(d, x.dim())
         if self.weight is not None:
             x_hat = x_hat * _per_channel(self.weight.to(compute_dtype), x.dim())
