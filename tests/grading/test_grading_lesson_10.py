@@ -15,7 +15,7 @@ def solution_source():
 
 
 NAMES = [("10.group_norm_channels_last", "group_norm_channels_last"),
-         ("10.batch_renorm_train", "batch_renorm_train"), ("10.understanding", "understanding")]
+         ("10.batch_renorm_train", "batch_renorm_train"), ("10.small_batch_predictions", "small_batch_predictions")]
 
 
 @pytest.mark.parametrize("exercise, name", NAMES)
@@ -174,18 +174,18 @@ def test_renorm_contract_errors():
 # --- understanding --------------------------------------------------------------------------
 
 def test_wrong_predictions_get_hints():
-    def understanding():
+    def small_batch_predictions():
         return {"bn_batch_of_two_abs": 0.5, "layernorm_groups_c32": 32,
                 "instancenorm_groups_c32": 1, "renorm_r1_d0_is": "no normalisation",
                 "flat_across_batch_sizes": "BN", "ghost_batches_tracked": 10}
 
-    report, messages = check_messages("10.understanding", understanding)
+    report, messages = check_messages("10.small_batch_predictions", small_batch_predictions)
     assert report.score == 0 and len(messages) == 6
     assert all("Hint" in m for m in messages), messages
 
 
 def test_answers_type_errors():
-    report, messages = check_messages("10.understanding",
+    report, messages = check_messages("10.small_batch_predictions",
                                       lambda: {"bn_batch_of_two_abs": "1", "renorm_r1_d0_is": "bn",
                                                "layernorm_groups_c32": True})
     assert report.score == 0

@@ -60,15 +60,15 @@ def run_renorm(fn, inputs):
 
 
 def run_answers(fn, inputs):
-    """understanding() -> dict; the value under inputs["key"]."""
+    """small_batch_predictions() -> dict; the value under inputs["key"]."""
     answers = fn()
     if not isinstance(answers, dict):
-        raise SubmissionError(f"understanding() must return a dict, got {type(answers).__name__}")
+        raise SubmissionError(f"small_batch_predictions() must return a dict, got {type(answers).__name__}")
     key = inputs["key"]
     if key not in answers:
-        raise SubmissionError(f"understanding() has no key {key!r}")
+        raise SubmissionError(f"small_batch_predictions() has no key {key!r}")
     value = answers[key]
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise SubmissionError(f"understanding()[{key!r}] must be a number or a string, got "
+        raise SubmissionError(f"small_batch_predictions()[{key!r}] must be a number or a string, got "
                               f"{type(value).__name__}")
     return {"value": value}

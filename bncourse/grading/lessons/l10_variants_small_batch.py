@@ -1,7 +1,7 @@
 """Module 10 exercises (lesson 10, normalisation variants and small batches):
 `group_norm_channels_last` (GroupNorm's forward for `(N, *, C)` input, a layout the lesson does
 not show: its code reshapes channels-first input), `batch_renorm_train` (Batch Renorm's r, d and
-x_hat, with the stop gradient checked through the backward pass) and `understanding`.
+x_hat, with the stop gradient checked through the backward pass) and `small_batch_predictions`.
 
 The drivers (what runs in the learner's process) are in
 `bncourse.grading.drivers.l10_variants_small_batch`; references call the package.
@@ -16,7 +16,7 @@ from bncourse.grading.drivers.l10_variants_small_batch import (run_answers, run_
 from bncourse.grading.lessons._common import IMPLEMENT_BN_FORBIDDEN
 
 __all__ = ["EXERCISES", "reference_group_norm_channels_last", "reference_batch_renorm_train",
-           "reference_understanding", "QUESTIONS"]
+           "reference_small_batch_predictions", "QUESTIONS"]
 
 MODULE = "10"
 NOTEBOOK = "10_variants_small_batch_exercises.ipynb"
@@ -293,7 +293,7 @@ QUESTIONS = {
 }
 
 
-def reference_understanding():
+def reference_small_batch_predictions():
     return {key: spec[1] for key, spec in QUESTIONS.items()}
 
 
@@ -314,8 +314,8 @@ def _compare_answer(got, expected, inputs):
 
 
 UNDERSTANDING = Exercise(
-    module="10", name="understanding", kind="function",
-    run=run_answers, reference=lambda: reference_understanding,
+    module="10", name="small_batch_predictions", kind="function",
+    run=run_answers, reference=lambda: reference_small_batch_predictions,
     checks=tuple(Check(f"prediction: {key}", (lambda k: lambda rng: {"key": k})(key),
                        _compare_answer) for key in QUESTIONS),
 )
