@@ -16,14 +16,13 @@ from bncourse.nn.functional import batch_norm
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "is_batchnorm"]
 
 
-class _BatchNorm(Module):
-    """Parameters, buffers and the forward shared by BatchNorm1d/2d/3d.
-
-    Subclasses only say which input ranks they accept (`_check_input_dim`).
+class _NormBase(Module):
+    """What every per-channel norm with running statistics shares: the `weight`/`bias`
+    parameters, the `running_mean`/`running_var`/`num_batches_tracked` buffers (a disabled
+    feature is a None parameter or buffer, as in torch), `reset_*`, `extra_repr` and the
+    checkpoint upgrade. It has no forward: `_BatchNorm` and the variants of lesson 10
+    (`BatchRenorm*`, `GhostBatchNorm*`) add theirs.
     """
-
-    # Marks a batch norm for `is_batchnorm` (variants and SyncBN set it too).
-    _is_batchnorm = True
 
     # Version 2 added `num_batches_tracked`, exactly as in torch, so checkpoints carry the
     # same metadata in both directions.
@@ -123,7 +122,7 @@ class _BatchNorm(Module):
             error_msgs,
         )
 
-    def forward(self, input: Tensor) -> Tensor:
+    def _check_input_channels(self, input: Tensor) -> None:
         self._check_input_dim(input)
         if input.dim() >= 2 and input.shape[1] != self.num_features:
             raise RuntimeError(
@@ -131,14 +130,38 @@ class _BatchNorm(Module):
                 f"channels in dim 1 of its input, got input of shape {tuple(input.shape)}"
             )
 
+
+class _BatchNorm(_NormBase):
+    """Batch normalization: `_NormBase` plus the momentum policy and the forward shared by
+    BatchNorm1d/2d/3d.
+
+    Subclasses only say which input ranks they accept (`_check_input_dim`). The momentum
+    policy is two small methods a variant can reuse or override: `_momentum_for_update` counts
+    a training batch and returns the weight of its statistics in the running average;
+    `_use_batch_stats` says whether to normalise with batch statistics.
+    """
+
+    # Marks a batch norm for `is_batchnorm` (variants and SyncBN set it too).
+    _is_batchnorm = True
+
+    def _momentum_for_update(self) -> float:
+        """Count one training batch (when running statistics are tracked) and return the
+        weight of its statistics in the running average: `momentum`, or `1 / batches seen`
+        for `momentum=None` (the cumulative moving average)."""
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative moving average over all batches so far
                 momentum = 1.0 / float(self.num_batches_tracked)
+        return momentum
 
-        # Batch statistics in training, and in eval when there are no running statistics.
-        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+    def _use_batch_stats(self) -> bool:
+        """Batch statistics in training, and in eval when there are no running statistics."""
+        return self.training or (self.running_mean is None and self.running_var is None)
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_channels(input)
+        momentum = self._momentum_for_update()
         # Running statistics are passed only where they are to be read or updated.
         pass_buffers = not self.training or self.track_running_stats
         return batch_norm(
@@ -147,7 +170,7 @@ class _BatchNorm(Module):
             self.running_var if pass_buffers else None,
             self.weight,
             self.bias,
-            use_batch_stats,
+            self._use_batch_stats(),
             momentum,
             self.eps,
         )
