@@ -27,7 +27,8 @@ import torch
 from torch import Tensor
 
 from bncourse.nn.batchnorm import _BatchNorm
-from bncourse.nn.functional import _per_channel, _update_running_stats, batch_norm
+from bncourse.nn._moments import per_channel as _per_channel
+from bncourse.nn.functional import batch_norm, update_running_stats
 
 __all__ = ["BatchRenorm1d", "BatchRenorm2d", "renorm_limits", "renorm_factors"]
 
@@ -134,7 +135,7 @@ class _BatchRenorm(_BatchNorm):
         if self.bias is not None:
             x_hat = x_hat + _per_channel(self.bias.to(compute_dtype), x.dim())
         # The running statistics move as BN's do (unbiased variance), after r and d used them.
-        _update_running_stats(self.running_mean, self.running_var, mean_B.detach(),
+        update_running_stats(self.running_mean, self.running_var, mean_B.detach(),
                               var_B.detach(), momentum, M)
         return x_hat.to(input.dtype)
 
