@@ -6,28 +6,33 @@ import numpy as np
 
 from bncourse.grading.drivers._contract import SubmissionError, as_array, unpack
 
-__all__ = ["run_batch_statistics", "run_batchnorm_forward", "run_questions"]
-
-
-def _axis_kwargs(inputs):
-    return {} if inputs["axis"] == 1 else {"axis": inputs["axis"]}
+__all__ = ["run_batch_statistics", "run_batchnorm_forward", "run_batchnorm_forward_axis",
+           "run_questions"]
 
 
 def run_batch_statistics(fn, inputs):
     x = inputs["x"].copy()
-    mean, var = unpack(fn(x, **_axis_kwargs(inputs)), ("mean", "var"), "batch_statistics")
+    mean, var = unpack(fn(x), ("mean", "var"), "batch_statistics")
     return {"mean": as_array(mean, "mean"), "var": as_array(var, "var"),
             "x_unchanged": bool(np.array_equal(x, inputs["x"]))}
 
 
-def run_batchnorm_forward(fn, inputs):
+def _forward(fn, inputs, kwargs, name):
     x = inputs["x"].copy()
-    kwargs = _axis_kwargs(inputs)
     if inputs["eps"] != 1e-5:
         kwargs["eps"] = inputs["eps"]
     out, _cache = unpack(fn(x, inputs["gamma"].copy(), inputs["beta"].copy(), **kwargs),
-                         ("out", "cache"), "batchnorm_forward")
+                         ("out", "cache"), name)
     return {"out": as_array(out, "out"), "x_unchanged": bool(np.array_equal(x, inputs["x"]))}
+
+
+def run_batchnorm_forward(fn, inputs):
+    return _forward(fn, inputs, {}, "batchnorm_forward")
+
+
+def run_batchnorm_forward_axis(fn, inputs):
+    kwargs = {} if inputs["axis"] == -1 else {"axis": inputs["axis"]}
+    return _forward(fn, inputs, kwargs, "batchnorm_forward_axis")
 
 
 def run_questions(fn, inputs):

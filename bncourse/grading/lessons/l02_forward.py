@@ -1,6 +1,7 @@
 """Module 02 exercises (lesson 02, forward): `batch_statistics` and `batchnorm_forward` in NumPy
-for any channel axis (lesson 02 shows axis 1 only), and `forward_questions`, predictions whose
-answers the grader computes from the inputs it sends.
+for `(N, C, *spatial)` (lesson 02 shows the `(N, C)` case), `batchnorm_forward_axis` with the
+channels on any axis (channels last), and `forward_questions`, predictions whose answers the
+grader computes from the inputs it sends.
 
 Checks run on small seeded inputs; expected values come from the trusted functions here and
 `bncourse.reference`. The drivers (what runs in the learner's process) are in
@@ -12,7 +13,7 @@ import numpy as np
 
 from bncourse.grading.checks import Check, Exercise, array_mismatch, fmt
 from bncourse.grading.drivers.l02_forward import (run_batch_statistics, run_batchnorm_forward,
-                                                  run_questions)
+                                                  run_batchnorm_forward_axis, run_questions)
 from bncourse.grading.lessons._common import IMPLEMENT_BN_FORBIDDEN
 
 __all__ = ["EXERCISES", "question_exercise", "reference_batchnorm_forward",
@@ -91,12 +92,10 @@ BATCH_STATISTICS = Exercise(
     run=run_batch_statistics, reference=lambda: reference_batch_statistics,
     forbidden=IMPLEMENT_BN_FORBIDDEN,
     checks=(
-        Check("(N, C) float64, default axis=1", _x_inputs((8, 4)), _compare_batch_statistics),
-        Check("(N, C, L) float64, default axis=1", _x_inputs((5, 3, 7)),
+        Check("(N, C) float64", _x_inputs((8, 4)), _compare_batch_statistics),
+        Check("(N, C, L) float64", _x_inputs((5, 3, 7)), _compare_batch_statistics),
+        Check("(N, C, H, W) float32", _x_inputs((4, 3, 5, 5), np.float32),
               _compare_batch_statistics),
-        Check("channels last (N, H, W, C), axis=-1, float32",
-              _x_inputs((4, 5, 5, 3), np.float32, axis=-1), _compare_batch_statistics),
-        Check("(N, L, C), axis=2", _x_inputs((6, 4, 5), axis=2), _compare_batch_statistics),
     ),
 )
 
@@ -108,6 +107,10 @@ def reference_batchnorm_forward(x, gamma, beta, eps=1e-5, axis=1):
     mu, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
     out = gamma.reshape(shape) * (x - mu) / np.sqrt(var + eps) + beta.reshape(shape)
     return out.astype(x.dtype), None
+
+
+def reference_batchnorm_forward_axis(x, gamma, beta, eps=1e-5, axis=-1):
+    return reference_batchnorm_forward(x, gamma, beta, eps, axis)
 
 
 def _compare_batchnorm_forward(got, expected, inputs):
@@ -165,13 +168,28 @@ BATCHNORM_FORWARD = Exercise(
     checks=(
         Check("(N, C) float64, gamma=1, beta=0", _forward_inputs((8, 4), affine=False),
               _compare_batchnorm_forward),
-        Check("(N, C, H, W) float64 with gamma and beta", _forward_inputs((4, 3, 5, 5)),
+        Check("(N, C, L) float64 with gamma and beta", _forward_inputs((5, 3, 6)),
               _compare_batchnorm_forward),
-        Check("channels last (N, H, W, C), axis=-1", _forward_inputs((4, 5, 5, 3), axis=-1),
+        Check("(N, C, H, W) float64", _forward_inputs((4, 3, 5, 5)), _compare_batchnorm_forward),
+        Check("(N, C, H, W) float32 keeps float32", _forward_inputs((4, 3, 5, 5), np.float32),
               _compare_batchnorm_forward),
+        Check("(N, C, D, H, W) with eps=0.1, inside the square root",
+              _forward_inputs((3, 2, 3, 4, 2), eps=0.1), _compare_batchnorm_forward),
+    ),
+)
+
+BATCHNORM_FORWARD_AXIS = Exercise(
+    module="02", name="batchnorm_forward_axis", kind="function",
+    run=run_batchnorm_forward_axis, reference=lambda: reference_batchnorm_forward_axis,
+    forbidden=IMPLEMENT_BN_FORBIDDEN,
+    checks=(
+        Check("channels last (N, H, W, C), axis=-1 (the default)",
+              _forward_inputs((4, 5, 5, 3), axis=-1), _compare_batchnorm_forward),
         Check("channels last, float32 keeps float32",
               _forward_inputs((3, 4, 6, 2), np.float32, axis=3), _compare_batchnorm_forward),
         Check("(N, L, C), axis=2", _forward_inputs((5, 7, 3), axis=2),
+              _compare_batchnorm_forward),
+        Check("(N, C, H, W), axis=1 works too", _forward_inputs((3, 4, 2, 5), axis=1),
               _compare_batchnorm_forward),
         Check("eps=0.1 is used, inside the square root, axis=-1",
               _forward_inputs((6, 2, 3), eps=0.1, axis=-1), _compare_batchnorm_forward),
@@ -286,4 +304,5 @@ def reference_forward_questions():
     return FORWARD_QUESTIONS_EXERCISE.reference()
 
 
-EXERCISES = (BATCH_STATISTICS, BATCHNORM_FORWARD, FORWARD_QUESTIONS_EXERCISE)
+EXERCISES = (BATCH_STATISTICS, BATCHNORM_FORWARD, BATCHNORM_FORWARD_AXIS,
+             FORWARD_QUESTIONS_EXERCISE)
