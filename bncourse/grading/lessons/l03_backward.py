@@ -204,20 +204,33 @@ def _mismatch_parts(got, expected, inputs, dtype):
                 (unbiased, lambda: slip(ddof=1)[3]["var"])),
         "mu": (("x̃ = x − μ: the gradient reaching μ is minus the sum of dL/dx̃",
                 lambda: -expected["stages"]["mu"]),
+               (one_over_m, lambda: slip(slip="var_M")[3]["mu"]),
                (unbiased, lambda: slip(ddof=1)[3]["mu"])),
     }
     per_channel = ((f"one value per channel: sum over every axis but 1, shape ({C},)",
                     lambda shape: True),)
-    for part in ("dx", "dgamma", "dbeta") + STAGES:
+
+    def mismatch(part):
         g_part = got["stages"][part] if part in STAGES else got[part]
         e_part = expected["stages"][part] if part in STAGES else expected[part]
         what = f"stages[{part!r}] (dL/d{part})" if part in STAGES else part
-        message = array_mismatch(g_part, e_part, what, **_float_tol(e_part, dtype),
-                                 hints=hints[part],
-                                 shape_hints=() if part in ("dx", "x_hat") else per_channel)
+        return array_mismatch(g_part, e_part, what, **_float_tol(e_part, dtype),
+                              hints=hints[part],
+                              shape_hints=() if part in ("dx", "x_hat") else per_channel)
+
+    for part in ("dbeta", "dgamma", "x_hat"):
+        message = mismatch(part)
         if message:
             return message
-    return None
+    message = mismatch("dx")
+    # A wrong dx without a hint of its own: the first node of the graph whose gradient has a
+    # recognised slip says more (the stages in order from the loss back to x).
+    stage_messages = [m for m in (mismatch(p) for p in STAGES[1:]) if m]
+    if message and "Hint:" not in message:
+        for stage_message in stage_messages:
+            if "Hint:" in stage_message:
+                return stage_message
+    return message or (stage_messages[0] if stage_messages else None)
 
 
 def _compare_backward(got, expected, inputs):
