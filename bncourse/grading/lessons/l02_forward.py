@@ -1,70 +1,72 @@
-"""Module 02 exercises (lesson 02, forward): `batch_statistics` and `batchnorm_forward` in NumPy.
+"""Module 02 exercises (lesson 02, forward): `batch_statistics` and `batchnorm_forward` in NumPy
+for `(N, C, *spatial)` (lesson 02 shows the `(N, C)` case), `batchnorm_forward_axis` with the
+channels on any axis (channels last), and `forward_questions`, predictions whose answers the
+grader computes from the inputs it sends.
 
-Checks run on small seeded inputs; the expected values come from `bncourse.reference`.
+Checks run on small seeded inputs; expected values come from the trusted functions here and
+`bncourse.reference`. The drivers (what runs in the learner's process) are in
+`bncourse.grading.drivers.l02_forward`.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from bncourse.grading.checks import Check, Exercise, array_mismatch, as_array, unpack
-from bncourse.grading.lessons._common import IMPLEMENT_BN_FORBIDDEN, _axes, _per_channel
+from bncourse.grading.checks import Check, Exercise, array_mismatch, fmt
+from bncourse.grading.drivers.l02_forward import (run_batch_statistics, run_batchnorm_forward,
+                                                  run_batchnorm_forward_axis, run_questions)
+from bncourse.grading.lessons._common import IMPLEMENT_BN_FORBIDDEN
 
-__all__ = ["EXERCISES"]
+__all__ = ["EXERCISES", "question_exercise", "reference_batchnorm_forward",
+           "reference_forward_questions"]
 
 MODULE = "02"
 NOTEBOOK = "02_forward_exercises.ipynb"
 REQUIRED = True  # for the certificate
 
-def _normalize(x, var, eps, eps_inside=True):
-    """(x - mean) / sqrt(var + eps) with a given per-channel variance (for hints)."""
-    mu = x.mean(axis=_axes(x.ndim), keepdims=True)
-    var = _per_channel(var, x.ndim)
-    if eps_inside:
-        return (x - mu) / np.sqrt(var + eps)
-    return (x - mu) / (np.sqrt(var) + eps)
+
+def _axes(ndim, axis=1):
+    axis = axis % ndim
+    return tuple(a for a in range(ndim) if a != axis)
 
 
-def _M(x):
-    return x.size // x.shape[1]
+def _shape(ndim, axis=1):
+    """(C,) -> the shape that broadcasts along `axis` of an ndim-array."""
+    shape = [1] * ndim
+    shape[axis % ndim] = -1
+    return tuple(shape)
+
+
+def _M(x, axis=1):
+    return x.size // x.shape[axis]
 
 
 # --- batch_statistics --------------------------------------------------------------------
 
-def _reference_batch_statistics():
-    def batch_statistics(x):
-        axes = _axes(x.ndim)
-        return x.mean(axis=axes), x.var(axis=axes)
-
-    return batch_statistics
+def reference_batch_statistics(x, axis=1):
+    axes = _axes(x.ndim, axis)
+    return x.mean(axis=axes), x.var(axis=axes)
 
 
-def _run_batch_statistics(fn, inputs):
-    x = inputs["x"].copy()
-    mean, var = unpack(fn(x), ("mean", "var"), "batch_statistics")
-    return {"mean": as_array(mean, "mean"), "var": as_array(var, "var"),
-            "x_unchanged": bool(np.array_equal(x, inputs["x"]))}
-
-
-def _stat_shape_hints(x):
-    C = x.shape[1]
+def _stat_shape_hints(x, axis):
+    C = x.shape[axis]
     return (
-        (f"one value per channel: reduce over every axis but 1, leaving shape ({C},)",
-         lambda shape: shape != (C,)),
+        (f"one value per channel: reduce over every axis except axis={axis}, leaving shape "
+         f"({C},)", lambda shape: shape != (C,)),
     )
 
 
 def _compare_batch_statistics(got, expected, inputs):
-    x = inputs["x"]
+    x, axis = inputs["x"], inputs["axis"]
     tol = dict(rtol=1e-4, atol=1e-6) if x.dtype == np.float32 else dict(rtol=1e-7, atol=1e-10)
     message = array_mismatch(
-        got["mean"], expected["mean"], "mean", **tol, shape_hints=_stat_shape_hints(x),
-        hints=(("average over axis 0 and the spatial axes (every axis but the channel axis 1)",
+        got["mean"], expected["mean"], "mean", **tol, shape_hints=_stat_shape_hints(x, axis),
+        hints=(("average over every axis except the channel axis, not over axis 0 alone",
                 lambda: x.mean(axis=0)),))
     if message:
         return message
-    M = _M(x)
+    M = _M(x, axis)
     message = array_mismatch(
-        got["var"], expected["var"], "var", **tol, shape_hints=_stat_shape_hints(x),
+        got["var"], expected["var"], "var", **tol, shape_hints=_stat_shape_hints(x, axis),
         hints=(("did you use the biased variance (divide by M, not M−1)?",
                 lambda: expected["var"] * M / (M - 1)),
                ("var is the variance, not the standard deviation",
@@ -76,18 +78,18 @@ def _compare_batch_statistics(got, expected, inputs):
     return None
 
 
-def _x_inputs(shape, dtype=np.float64):
+def _x_inputs(shape, dtype=np.float64, axis=1):
     def make(rng):
-        C = shape[1]
-        loc = _per_channel(rng.normal(0, 3, C), len(shape))
-        scale = _per_channel(rng.uniform(0.5, 3, C), len(shape))
-        return {"x": (loc + scale * rng.standard_normal(shape)).astype(dtype)}
+        C, nd = shape[axis], len(shape)
+        loc = rng.normal(0, 3, C).reshape(_shape(nd, axis))
+        scale = rng.uniform(0.5, 3, C).reshape(_shape(nd, axis))
+        return {"x": (loc + scale * rng.standard_normal(shape)).astype(dtype), "axis": axis}
     return make
 
 
 BATCH_STATISTICS = Exercise(
     module="02", name="batch_statistics", kind="function",
-    run=_run_batch_statistics, reference=_reference_batch_statistics,
+    run=run_batch_statistics, reference=lambda: reference_batch_statistics,
     forbidden=IMPLEMENT_BN_FORBIDDEN,
     checks=(
         Check("(N, C) float64", _x_inputs((8, 4)), _compare_batch_statistics),
@@ -100,38 +102,36 @@ BATCH_STATISTICS = Exercise(
 
 # --- batchnorm_forward --------------------------------------------------------------------
 
-def _reference_batchnorm_forward():
-    from bncourse.reference import batchnorm_forward
+def reference_batchnorm_forward(x, gamma, beta, eps=1e-5, axis=1):
+    axes, shape = _axes(x.ndim, axis), _shape(x.ndim, axis)
+    mu, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+    out = gamma.reshape(shape) * (x - mu) / np.sqrt(var + eps) + beta.reshape(shape)
+    return out.astype(x.dtype), None
 
-    return batchnorm_forward
 
-
-def _run_batchnorm_forward(fn, inputs):
-    x = inputs["x"].copy()
-    kwargs = {"eps": inputs["eps"]} if inputs["eps"] != 1e-5 else {}
-    out, _cache = unpack(fn(x, inputs["gamma"].copy(), inputs["beta"].copy(), **kwargs),
-                         ("out", "cache"), "batchnorm_forward")
-    return {"out": as_array(out, "out"), "x_unchanged": bool(np.array_equal(x, inputs["x"]))}
+def reference_batchnorm_forward_axis(x, gamma, beta, eps=1e-5, axis=-1):
+    return reference_batchnorm_forward(x, gamma, beta, eps, axis)
 
 
 def _compare_batchnorm_forward(got, expected, inputs):
-    x, gamma, beta, eps = inputs["x"], inputs["gamma"], inputs["beta"], inputs["eps"]
+    x, gamma, beta, eps, axis = (inputs[k] for k in ("x", "gamma", "beta", "eps", "axis"))
     nd = x.ndim
-    var = x.var(axis=_axes(nd))
-    M = _M(x)
-    g, b = _per_channel(gamma, nd), _per_channel(beta, nd)
+    axes, shape = _axes(nd, axis), _shape(nd, axis)
+    mu, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+    M = _M(x, axis)
+    g, b = gamma.reshape(shape), beta.reshape(shape)
     tol = dict(rtol=1e-4, atol=1e-5) if x.dtype == np.float32 else dict(rtol=1e-7, atol=1e-9)
     hints = (
         ("did you use the biased variance (divide by M, not M−1)?",
-         lambda: g * _normalize(x, var * M / (M - 1), eps) + b),
+         lambda: g * (x - mu) / np.sqrt(var * M / (M - 1) + eps) + b),
         ("eps goes inside the square root: (x − mean) / sqrt(var + eps)",
-         lambda: g * _normalize(x, var, eps, eps_inside=False) + b),
-        ("the statistics are per channel, over axis 0 and the spatial axes: not over axis 0 alone",
-         lambda: g * (x - x.mean(0)) / np.sqrt(x.var(0) + eps) + b),
+         lambda: g * (x - mu) / (np.sqrt(var) + eps) + b),
+        ("the statistics are per channel, over every axis except the channel axis: not over "
+         "axis 0 alone", lambda: g * (x - x.mean(0)) / np.sqrt(x.var(0) + eps) + b),
         ("scale by gamma and shift by beta: out = gamma * x_hat + beta",
-         lambda: _normalize(x, var, eps)),
+         lambda: (x - mu) / np.sqrt(var + eps)),
         ("out = gamma * x_hat + beta (did you swap gamma and beta?)",
-         lambda: b * _normalize(x, var, eps) + g),
+         lambda: b * (x - mu) / np.sqrt(var + eps) + g),
     )
     message = array_mismatch(got["out"], expected["out"], "out", **tol, dtype=x.dtype,
                              hints=hints)
@@ -142,11 +142,11 @@ def _compare_batchnorm_forward(got, expected, inputs):
     return None
 
 
-def _forward_inputs(shape, dtype=np.float64, affine=True, eps=1e-5):
-    make_x = _x_inputs(shape, dtype)
+def _forward_inputs(shape, dtype=np.float64, affine=True, eps=1e-5, axis=1):
+    make_x = _x_inputs(shape, dtype, axis)
 
     def make(rng):
-        C = shape[1]
+        C = shape[axis]
         inputs = make_x(rng)
         if affine:
             inputs["gamma"] = rng.uniform(0.5, 2.0, C).astype(dtype)
@@ -163,19 +163,146 @@ def _forward_inputs(shape, dtype=np.float64, affine=True, eps=1e-5):
 
 BATCHNORM_FORWARD = Exercise(
     module="02", name="batchnorm_forward", kind="function",
-    run=_run_batchnorm_forward, reference=_reference_batchnorm_forward,
+    run=run_batchnorm_forward, reference=lambda: reference_batchnorm_forward,
     forbidden=IMPLEMENT_BN_FORBIDDEN,
     checks=(
         Check("(N, C) float64, gamma=1, beta=0", _forward_inputs((8, 4), affine=False),
               _compare_batchnorm_forward),
-        Check("(N, C) float64 with gamma and beta", _forward_inputs((8, 4)),
+        Check("(N, C, L) float64 with gamma and beta", _forward_inputs((5, 3, 6)),
               _compare_batchnorm_forward),
         Check("(N, C, H, W) float64", _forward_inputs((4, 3, 5, 5)), _compare_batchnorm_forward),
         Check("(N, C, H, W) float32 keeps float32", _forward_inputs((4, 3, 5, 5), np.float32),
               _compare_batchnorm_forward),
-        Check("eps=0.1 is used, inside the square root", _forward_inputs((6, 3), eps=0.1),
-              _compare_batchnorm_forward),
+        Check("(N, C, D, H, W) with eps=0.1, inside the square root",
+              _forward_inputs((3, 2, 3, 4, 2), eps=0.1), _compare_batchnorm_forward),
     ),
 )
 
-EXERCISES = (BATCH_STATISTICS, BATCHNORM_FORWARD)
+BATCHNORM_FORWARD_AXIS = Exercise(
+    module="02", name="batchnorm_forward_axis", kind="function",
+    run=run_batchnorm_forward_axis, reference=lambda: reference_batchnorm_forward_axis,
+    forbidden=IMPLEMENT_BN_FORBIDDEN,
+    checks=(
+        Check("channels last (N, H, W, C), axis=-1 (the default)",
+              _forward_inputs((4, 5, 5, 3), axis=-1), _compare_batchnorm_forward),
+        Check("channels last, float32 keeps float32",
+              _forward_inputs((3, 4, 6, 2), np.float32, axis=3), _compare_batchnorm_forward),
+        Check("(N, L, C), axis=2", _forward_inputs((5, 7, 3), axis=2),
+              _compare_batchnorm_forward),
+        Check("(N, C, H, W), axis=1 works too", _forward_inputs((3, 4, 2, 5), axis=1),
+              _compare_batchnorm_forward),
+        Check("eps=0.1 is used, inside the square root, axis=-1",
+              _forward_inputs((6, 2, 3), eps=0.1, axis=-1), _compare_batchnorm_forward),
+    ),
+)
+
+
+# --- questions (shared by modules 02-05) ---------------------------------------------------
+
+def question_exercise(module, name, questions, forbidden=(), run=run_questions):
+    """An exercise `name(question, data) -> value` with one check per question.
+
+    questions: {key: (title, make_data(rng) -> dict, answer(data) -> value,
+    ((hint, mistaken_answer(data)), ...), rtol)}. Each answer is computed from the data the
+    grader sends, so it differs from learner to learner and is stored nowhere as text.
+    run: the module's driver (each module has its own copy in `drivers/`).
+    """
+    def reference():
+        def answer(question, data):
+            return questions[question][2](data)
+        return answer
+
+    def make_check(key):
+        title, make_data, _answer, hints, rtol = questions[key]
+
+        def make(rng):
+            return {"question": key, "data": make_data(rng)}
+
+        def compare(got, expected, inputs):
+            value, want = np.asarray(got["value"]), np.asarray(expected["value"])
+            data = inputs["data"]
+            if value.shape != want.shape:
+                what = "a number" if want.ndim == 0 else f"an array of shape {want.shape}"
+                return f"{key}: give {what}, got shape {value.shape}"
+            if np.allclose(value, want, rtol=rtol, atol=1e-9):
+                return None
+            shown = fmt(value.flat[0], want.flat[0]) if value.ndim == 0 or value.size == 1 \
+                else np.array2string(value, precision=4, max_line_width=60)
+            message = f"{key}: {shown} is not right"
+            for text, mistaken in hints:
+                try:
+                    alternative = np.asarray(mistaken(data), dtype=np.float64)
+                    if alternative.shape == value.shape and np.allclose(value, alternative,
+                                                                        rtol=rtol, atol=1e-9):
+                        return f"{message}. Hint: {text}"
+                except Exception:
+                    continue
+            return message
+
+        return Check(f"{key}: {title}", make, compare)
+
+    return Exercise(module=module, name=name, kind="function", run=run,
+                    reference=reference, forbidden=tuple(forbidden),
+                    checks=tuple(make_check(key) for key in questions))
+
+
+def _var_data(rng):
+    C = int(rng.integers(3, 6))
+    return {"var": rng.uniform(1e-5, 4e-5, C) * rng.choice([1, 1e4], C), "eps": 1e-5}
+
+
+def _std_data(rng):
+    C = int(rng.integers(3, 6))
+    return {"var": rng.uniform(0.5, 4, C), "gamma": rng.uniform(0.5, 2, C) * rng.choice([-1, 1], C),
+            "beta": rng.normal(0, 1, C), "eps": float(rng.choice([1e-5, 0.1, 0.5]))}
+
+
+def _const_data(rng):
+    return {"value": float(rng.normal(0, 5)), "gamma": float(rng.uniform(0.5, 2)),
+            "beta": float(rng.normal(0, 1)), "eps": 1e-5}
+
+
+FORWARD_QUESTIONS = {
+    "x_hat_var": (
+        "variance of x_hat per channel, for batch variances var and eps", _var_data,
+        lambda d: d["var"] / (d["var"] + d["eps"]),
+        (("x_hat's variance is not exactly 1: the batch variance is var, the divisor var + eps",
+          lambda d: np.ones_like(d["var"])),), 1e-6),
+    "out_std": (
+        "standard deviation of each channel of out = gamma * x_hat + beta", _std_data,
+        lambda d: np.abs(d["gamma"]) * np.sqrt(d["var"] / (d["var"] + d["eps"])),
+        (("a standard deviation is never negative: what does a negative gamma do?",
+          lambda d: d["gamma"] * np.sqrt(d["var"] / (d["var"] + d["eps"]))),
+         ("beta shifts, it does not change the spread; and eps enters through var / (var + eps)",
+          lambda d: np.abs(d["gamma"])),
+         ("that is the variance; the question asks for the standard deviation",
+          lambda d: d["gamma"]**2 * d["var"] / (d["var"] + d["eps"]))),
+        1e-6),
+    "unbiased_ratio": (
+        "x_hat normalised with the unbiased variance, divided by the correct x_hat (eps=0)",
+        lambda rng: {"M": int(rng.integers(2, 40))},
+        lambda d: np.sqrt((d["M"] - 1) / d["M"]),
+        (("dividing by a larger variance makes x_hat smaller, not larger",
+          lambda d: np.sqrt(d["M"] / (d["M"] - 1))),
+         ("x_hat divides by the standard deviation: take the square root of the variance ratio",
+          lambda d: (d["M"] - 1) / d["M"])),
+        1e-6),
+    "constant_channel": (
+        "out for a channel whose M values all equal `value`", _const_data,
+        lambda d: d["beta"],
+        (("x − mean is 0 for a constant channel; eps keeps the division finite",
+          lambda d: d["gamma"] * d["value"] + d["beta"]),
+         ("x − mean is 0: gamma multiplies 0", lambda d: d["gamma"] + d["beta"])),
+        1e-6),
+}
+
+FORWARD_QUESTIONS_EXERCISE = question_exercise("02", "forward_questions", FORWARD_QUESTIONS,
+                                               IMPLEMENT_BN_FORBIDDEN)
+
+
+def reference_forward_questions():
+    return FORWARD_QUESTIONS_EXERCISE.reference()
+
+
+EXERCISES = (BATCH_STATISTICS, BATCHNORM_FORWARD, BATCHNORM_FORWARD_AXIS,
+             FORWARD_QUESTIONS_EXERCISE)

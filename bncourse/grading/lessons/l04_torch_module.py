@@ -1,114 +1,36 @@
-"""Module 04 exercise (lesson 04, torch module): a `BatchNorm1d` class, compared with
-`torch.nn.BatchNorm1d` scenario by scenario (construction, training forward, backward, running
-statistics, eval mode, custom eps/momentum)."""
+"""Module 04 exercises (lesson 04, torch module): a `BatchNorm1d` class compared with
+`torch.nn.BatchNorm1d` scenario by scenario and then trained inside a small CNN on the digits;
+a `BatchNormFunction` (`torch.autograd.Function` returning `(y, mean, var)`, with its own
+backward, checked with gradcheck, saving `x` rather than `x_hat`: lesson 04 shows a Function
+returning `y` that saves `x_hat`); and `module_questions`, predictions computed from the inputs.
+
+Drivers (what runs in the learner's process): `bncourse.grading.drivers.l04_torch_module`.
+"""
 from __future__ import annotations
 
 import numpy as np
 
-from bncourse.grading.checks import Check, Exercise, SubmissionError, array_mismatch, as_array
-from bncourse.grading.lessons._common import IMPLEMENT_BN_FORBIDDEN, tensor_attribute
+from bncourse.grading.checks import Check, Exercise, array_mismatch
+from bncourse.grading.drivers.l04_torch_module import (STATE, run_batchnorm1d, run_function,
+                                                       run_questions)
+from bncourse.grading.lessons._common import IMPLEMENT_BN_FORBIDDEN
+from bncourse.grading.lessons.l02_forward import question_exercise
 
-__all__ = ["EXERCISES"]
+__all__ = ["EXERCISES", "CNN_ACCURACY"]
 
 MODULE = "04"
 NOTEBOOK = "04_torch_module_exercises.ipynb"
 REQUIRED = True  # for the certificate
 
-STATE = ("running_mean", "running_var", "num_batches_tracked")
+# The test accuracy the learner's BatchNorm1d must reach inside the grader's small CNN
+# (torch.nn.BatchNorm1d reaches 0.97-0.99 with these settings, 300 steps in 1-3 s).
+CNN_ACCURACY = 0.95
 
 
 def _reference_batchnorm1d():
     import torch
 
     return torch.nn.BatchNorm1d
-
-
-def _construct(cls, inputs):
-    import torch
-
-    if inputs.get("custom"):
-        module = cls(inputs["C"], eps=inputs["eps"], momentum=inputs["momentum"])
-    else:
-        module = cls(inputs["C"])
-    if not isinstance(module, torch.nn.Module):
-        raise SubmissionError(f"BatchNorm1d must subclass torch.nn.Module, got "
-                              f"{type(module).__name__}")
-    if (isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
-            and not type(module).__module__.startswith("torch.")):  # not the reference itself
-        raise SubmissionError("flagged: BatchNorm1d subclasses torch's batch norm; this "
-                              "exercise asks you to write it yourself")
-    return module
-
-
-def _state(module) -> dict:
-    state = {}
-    for name in STATE:
-        tensor = tensor_attribute(module, name)
-        state[name] = as_array(tensor, name)
-        state[name + "_requires_grad"] = bool(tensor.requires_grad or tensor.grad_fn is not None)
-    return state
-
-
-def _set_affine(module, inputs):
-    import torch
-
-    with torch.no_grad():
-        tensor_attribute(module, "weight").copy_(torch.from_numpy(inputs["weight"]))
-        tensor_attribute(module, "bias").copy_(torch.from_numpy(inputs["bias"]))
-
-
-def _train_steps(module, inputs, result, record_grads=False):
-    import torch
-
-    module.train()
-    for step, (x, dy) in enumerate(zip(inputs["batches"], inputs["dys"])):
-        # x requires grad, so that running statistics updated outside no_grad would too.
-        xt = torch.tensor(x, requires_grad=True)
-        y = module(xt)
-        if not isinstance(y, torch.Tensor):
-            raise SubmissionError(f"forward must return a tensor, got {type(y).__name__}")
-        result[f"train_out_{step}"] = as_array(y, "output")
-        if record_grads:
-            module.zero_grad()
-            y.backward(torch.from_numpy(dy))
-            for name, tensor in (("x", xt), ("weight", module.weight), ("bias", module.bias)):
-                if tensor.grad is None:
-                    raise SubmissionError(f"no gradient reached {name}: is it a Parameter "
-                                          "and part of the computation?")
-                result[f"grad_{name}_{step}"] = as_array(tensor.grad, f"the gradient of {name}")
-
-
-def _run_batchnorm1d(cls, inputs):
-    import torch
-
-    part = inputs["part"]
-    result = {}
-    torch.manual_seed(0)
-    module = _construct(cls, inputs)
-    if part == "init":
-        params = dict(module.named_parameters())
-        buffers = dict(module.named_buffers())
-        result["parameters"] = sorted(params)
-        result["buffers"] = sorted(buffers)
-        result["state_dict"] = sorted(module.state_dict())
-        for name in ("weight", "bias") + STATE:
-            result[name] = as_array(tensor_attribute(module, name), name)
-        result["num_batches_tracked_dtype"] = str(tensor_attribute(module, "num_batches_tracked").dtype)
-        return result
-    _set_affine(module, inputs)
-    if part in ("train_forward", "backward"):
-        _train_steps(module, inputs, result, record_grads=(part == "backward"))
-        return result
-    _train_steps(module, inputs, result)
-    result.update(_state(module))
-    if part in ("eval", "custom"):
-        module.eval()
-        with torch.no_grad():
-            result["eval_out"] = as_array(module(torch.from_numpy(inputs["x_eval"])), "output")
-            result["eval_one"] = as_array(module(torch.from_numpy(inputs["x_eval"][:1])),
-                                          "output for a batch of one")
-        result.update({f"after_eval_{k}": v for k, v in _state(module).items()})
-    return result
 
 
 def _batch_var(x, unbiased):
@@ -263,9 +185,33 @@ def _inputs(part, steps=3, custom=False):
     return make
 
 
+def _cnn_inputs(rng):
+    from bncourse.data import load_digits
+
+    data = load_digits()
+    return {"part": "train_cnn", "C": 32, "seed": int(rng.integers(1000)),
+            "x_train": data.x_train.numpy(), "y_train": data.y_train.numpy(),
+            "x_test": data.x_test.numpy(), "y_test": data.y_test.numpy(),
+            "steps": 300, "batch_size": 64, "lr": 0.05}
+
+
+def _compare_cnn(got, expected, inputs):
+    if not np.isfinite(got["loss"]):
+        return ("training diverged (the loss is not finite): check the forward in training "
+                "mode and that eps is inside the square root")
+    if not got["eval_batch_independent"]:
+        return ("in eval mode the output for one digit depends on the rest of the batch: eval "
+                "mode must use running_mean and running_var")
+    if got["accuracy"] < CNN_ACCURACY:
+        return (f"test accuracy {got['accuracy']:.3f} after {inputs['steps']} steps, below "
+                f"{CNN_ACCURACY:g} (torch.nn.BatchNorm1d reaches {expected['accuracy']:.3f}): "
+                "check the running statistics, which eval mode uses")
+    return None
+
+
 BATCHNORM1D = Exercise(
     module="04", name="BatchNorm1d", kind="class",
-    run=_run_batchnorm1d, reference=_reference_batchnorm1d,
+    run=run_batchnorm1d, reference=_reference_batchnorm1d,
     forbidden=IMPLEMENT_BN_FORBIDDEN,
     checks=(
         Check("parameters, buffers and their initial values", _inputs("init"), _compare_init),
@@ -281,7 +227,189 @@ BATCHNORM1D = Exercise(
               _compare_eval_keeps_state),
         Check("eps and momentum arguments (eps=0.1, momentum=0.3)",
               _inputs("custom", steps=2, custom=True), _compare_custom),
+        Check(f"plugged into a small CNN and trained on the digits: test accuracy >= "
+              f"{CNN_ACCURACY:g}", _cnn_inputs, _compare_cnn, points=2),
     ),
 )
 
-EXERCISES = (BATCHNORM1D,)
+
+
+# --- BatchNormFunction --------------------------------------------------------------------
+
+def _reference_function():
+    from bncourse.nn import BatchNormFunction
+
+    return BatchNormFunction
+
+
+def _stats(inputs):
+    x = inputs["x"]
+    axes = (0,) + tuple(range(2, x.ndim))
+    return x.mean(axis=axes), x.var(axis=axes), x.var(axis=axes, ddof=1), axes
+
+
+def _compare_function_forward(got, expected, inputs):
+    mean, var, unbiased, _ = _stats(inputs)
+    message = array_mismatch(got["y"], expected["y"], "y", rtol=1e-7, atol=1e-9)
+    if message:
+        return message
+    message = array_mismatch(got["mean"], expected["mean"], "mean", rtol=1e-7, atol=1e-9,
+                             shape_hints=((f"mean has one value per channel, shape "
+                                           f"{mean.shape}", lambda shape: True),))
+    if message:
+        return message
+    return array_mismatch(got["var"], expected["var"], "var", rtol=1e-7, atol=1e-9,
+                          hints=(("return the biased batch variance, the one that normalised "
+                                  "the batch (the module makes it unbiased for running_var)",
+                                  lambda: unbiased),))
+
+
+def _compare_function_backward(got, expected, inputs):
+    message = _compare_function_forward(got, expected, inputs)
+    if message:
+        return message
+    x, dy = inputs["x"], inputs["dy"]
+    _, var, _, axes = _stats(inputs)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    s = (var + inputs["eps"]) ** -0.5
+    hints = {"dx": (("dx must include the paths through the batch mean and variance, not only "
+                     "dy * weight * inv_std",
+                     lambda: dy * (inputs["weight"] * s).reshape(shape)),
+                    ("backward returns the gradients in the order of forward's inputs: "
+                     "(dx, dweight, dbias, None for eps)", lambda: expected["dweight"])),
+             "dweight": (("dweight = sum(dy * x_hat), dbias = sum(dy): swapped?",
+                          lambda: expected["dbias"]),),
+             "dbias": (("dweight = sum(dy * x_hat), dbias = sum(dy): swapped?",
+                        lambda: expected["dweight"]),)}
+    for part in ("dx", "dweight", "dbias"):
+        message = array_mismatch(got[part], expected[part], f"the gradient {part}", rtol=1e-6,
+                                 atol=1e-9, hints=hints[part])
+        if message:
+            return message
+    return None
+
+
+def _compare_gradcheck(got, expected, inputs):
+    if not got["gradcheck"]:
+        return ("torch.autograd.gradcheck fails in float64: your backward does not match "
+                "finite differences of your forward (check each returned gradient)")
+    return None
+
+
+def _compare_own_backward(got, expected, inputs):
+    if not got["own"]:
+        return (f"y.grad_fn is {got['grad_fn']}, not your Function's backward: compute y from "
+                "x inside forward (under the Function, autograd does not record it) and write "
+                "backward yourself")
+    if got["stats_differentiable"]:
+        return ("mean and var require grad: mark them with ctx.mark_non_differentiable(mean, "
+                "var); only y has a gradient")
+    return _compare_function_forward(got, expected, inputs)
+
+
+def _compare_saved(got, expected, inputs):
+    if got["extra_full_size"] > expected["extra_full_size"]:
+        return (f"forward saves {got['extra_full_size']} new tensor(s) as large as x for "
+                "backward: save x itself (it exists already) with the per-channel mean and "
+                "inv_std, and recompute x_hat in backward")
+    return None
+
+
+def _function_inputs(part, shape=(4, 3, 2, 2), eps=1e-5):
+    def make(rng):
+        C = shape[1]
+        loc = rng.normal(0, 2, C).reshape((1, -1) + (1,) * (len(shape) - 2))
+        return {"part": part, "x": loc + rng.uniform(0.5, 2) * rng.standard_normal(shape),
+                "weight": rng.uniform(0.5, 2, C), "bias": rng.normal(0, 1, C),
+                "dy": rng.standard_normal(shape), "eps": eps}
+    return make
+
+
+BATCHNORM_FUNCTION = Exercise(
+    module="04", name="BatchNormFunction", kind="class",
+    run=run_function, reference=_reference_function, forbidden=IMPLEMENT_BN_FORBIDDEN,
+    checks=(
+        Check("forward: (y, mean, var) for (N, C, H, W)", _function_inputs("forward"),
+              _compare_function_forward),
+        Check("backward: dx, dweight, dbias for (N, C), dense dy",
+              _function_inputs("backward", (8, 5)), _compare_function_backward),
+        Check("backward for (N, C, L)", _function_inputs("backward", (4, 3, 5)),
+              _compare_function_backward),
+        Check("torch.autograd.gradcheck passes (float64)", _function_inputs("gradcheck", (5, 2, 3)),
+              _compare_gradcheck),
+        Check("y.grad_fn is your backward; mean and var are not differentiable",
+              _function_inputs("own_backward"), _compare_own_backward),
+        Check("saves x, not a new full-size x_hat", _function_inputs("saved", (6, 3, 4, 4)),
+              _compare_saved),
+        Check("eps=0.1 is used", _function_inputs("backward", (6, 3), eps=0.1),
+              _compare_function_backward),
+    ),
+)
+
+# --- module_questions ---------------------------------------------------------------------
+
+
+def _step_data(rng):
+    C, N = int(rng.integers(2, 5)), int(rng.integers(4, 12))
+    return {"running_var": rng.uniform(0.5, 2, C), "batch": rng.normal(0, 2, (N, C)),
+            "momentum": float(rng.choice([0.1, 0.2, 0.3]))}
+
+
+def _cma_data(rng):
+    K, N, C = int(rng.integers(3, 7)), 8, int(rng.integers(2, 4))
+    return {"batches": rng.normal(rng.normal(0, 3), 1.5, (K, N, C))}
+
+
+def _ema(batches, momentum=0.1):
+    running = np.zeros(batches.shape[2])
+    for b in batches:
+        running = (1 - momentum) * running + momentum * b.mean(0)
+    return running
+
+
+def _eval_data(rng):
+    C = int(rng.integers(2, 6))
+    return {"x": rng.normal(0, 2, C), "running_mean": rng.normal(0, 1, C),
+            "running_var": rng.uniform(0.02, 0.2, C), "weight": rng.uniform(0.5, 2, C),
+            "bias": rng.normal(0, 1, C), "eps": 0.05}
+
+
+MODULE_QUESTIONS = {
+    "running_var_after_step": (
+        "running_var after one training step on `batch` (N, C) with this momentum",
+        _step_data,
+        lambda d: (1 - d["momentum"]) * d["running_var"] + d["momentum"] * d["batch"].var(0, ddof=1),
+        (("running_var stores the unbiased batch variance (divide by N − 1)",
+          lambda d: (1 - d["momentum"]) * d["running_var"] + d["momentum"] * d["batch"].var(0)),
+         ("torch's momentum weighs the new batch: (1 − m) * running + m * batch",
+          lambda d: d["momentum"] * d["running_var"] + (1 - d["momentum"]) * d["batch"].var(0, ddof=1))),
+        1e-6),
+    "running_mean_cumulative": (
+        "running_mean of a fresh BatchNorm1d(momentum=None) after the K batches (K, N, C)",
+        _cma_data, lambda d: d["batches"].mean(axis=(0, 1)),
+        (("momentum=None is a cumulative average (the k-th batch weighs 1/k), not the "
+          "exponential one of momentum=0.1", lambda d: _ema(d["batches"])),),
+        1e-6),
+    "batch_size_from_ratio": (
+        "a hand-written BN stores the biased batch variance in running_var; its eval output is "
+        "`ratio` times torch's: the batch size M it was trained with",
+        lambda rng: {"ratio": float(np.sqrt((M := int(rng.integers(2, 33))) / (M - 1)))},
+        lambda d: d["ratio"]**2 / (d["ratio"]**2 - 1),
+        (("the output scales as 1 / sqrt(running_var): biased / unbiased = (M − 1) / M, so "
+          "ratio = sqrt(M / (M − 1)); solve for M",
+          lambda d: d["ratio"] / (d["ratio"] - 1)),),
+        1e-6),
+    "eval_output": (
+        "the eval-mode output for one sample x (C,)", _eval_data,
+        lambda d: d["weight"] * (d["x"] - d["running_mean"]) / np.sqrt(d["running_var"] + d["eps"])
+        + d["bias"],
+        (("eps goes inside the square root",
+          lambda d: d["weight"] * (d["x"] - d["running_mean"]) / (np.sqrt(d["running_var"])
+                                                                  + d["eps"]) + d["bias"]),),
+        1e-6),
+}
+
+MODULE_QUESTIONS_EXERCISE = question_exercise("04", "module_questions", MODULE_QUESTIONS,
+                                              IMPLEMENT_BN_FORBIDDEN, run_questions)
+
+EXERCISES = (BATCHNORM1D, BATCHNORM_FUNCTION, MODULE_QUESTIONS_EXERCISE)

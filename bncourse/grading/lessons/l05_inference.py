@@ -1,24 +1,33 @@
 """Module 05 exercises (lesson 05, inference and deployment): `batchnorm_eval` (NumPy),
-`fold_linear_bn` (fold an eval-mode BatchNorm1d into the preceding Linear) and `recalibrate_bn`
-(recompute running statistics as a cumulative average over given batches)."""
+`fold_conv_bn` (fold an eval-mode BatchNorm2d into the preceding Conv2d: lesson 05 derives the
+fold for a Linear and uses the package for convolutions), `recalibrate_bn` (recompute running
+statistics as a cumulative average with only the BN layers in training mode, so dropout stays
+off), and `inference_questions`, predictions computed from the inputs.
+
+Drivers (what runs in the learner's process): `bncourse.grading.drivers.l05_inference`.
+"""
 from __future__ import annotations
 
 import numpy as np
 
-from bncourse.grading.checks import Check, Exercise, SubmissionError, array_mismatch, as_array
+from bncourse.grading.checks import Check, Exercise, array_mismatch
+from bncourse.grading.drivers.l05_inference import (batchnorms, build_conv_bn, build_model,
+                                                    run_batchnorm_eval, run_fold,
+                                                    run_questions, run_recalibrate)
 from bncourse.grading.lessons._common import IMPLEMENT_BN_FORBIDDEN, _per_channel
+from bncourse.grading.lessons.l02_forward import question_exercise
 
-__all__ = ["EXERCISES", "reference_fold_linear_bn", "reference_recalibrate_bn"]
+__all__ = ["EXERCISES", "reference_fold_conv_bn", "reference_recalibrate_bn"]
 
 MODULE = "05"
 NOTEBOOK = "05_inference_exercises.ipynb"
 REQUIRED = True  # for the certificate
 
 FOLD_FORBIDDEN = (
-    "torch.nn.utils.fusion.fuse_linear_bn_eval",
-    "torch.nn.utils.fusion.fuse_linear_bn_weights",
-    "torch.nn.utils.fuse_linear_bn_eval",
-    "torch.nn.utils.fuse_linear_bn_weights",
+    "torch.nn.utils.fusion.fuse_conv_bn_eval",
+    "torch.nn.utils.fusion.fuse_conv_bn_weights",
+    "torch.nn.utils.fuse_conv_bn_eval",
+    "torch.nn.utils.fuse_conv_bn_weights",
     "bncourse.nn.fold_batchnorm",
     "bncourse.nn.fold.fold_batchnorm",
 )
@@ -32,13 +41,6 @@ def _reference_batchnorm_eval():
     from bncourse.reference import batchnorm_inference
 
     return batchnorm_inference
-
-
-def _run_batchnorm_eval(fn, inputs):
-    x = inputs["x"].copy()
-    args = [inputs[k].copy() for k in ("gamma", "beta", "running_mean", "running_var")]
-    kwargs = {"eps": inputs["eps"]} if inputs["eps"] != 1e-5 else {}
-    return {"out": as_array(fn(x, *args, **kwargs), "out")}
 
 
 def _compare_batchnorm_eval(got, expected, inputs):
@@ -77,7 +79,7 @@ def _eval_inputs(shape, dtype=np.float64, eps=1e-5):
 
 BATCHNORM_EVAL = Exercise(
     module="05", name="batchnorm_eval", kind="function",
-    run=_run_batchnorm_eval, reference=_reference_batchnorm_eval,
+    run=run_batchnorm_eval, reference=_reference_batchnorm_eval,
     forbidden=IMPLEMENT_BN_FORBIDDEN,
     checks=(
         Check("(N, C) float64", _eval_inputs((8, 4)), _compare_batchnorm_eval),
@@ -90,124 +92,109 @@ BATCHNORM_EVAL = Exercise(
     ),
 )
 
-# --- fold_linear_bn -----------------------------------------------------------------------
+# --- fold_conv_bn -------------------------------------------------------------------------
 
 
-def reference_fold_linear_bn(linear, bn):
-    """The grader's fold: W' = W * s[:, None], b' = (b − running_mean) * s + beta, with
-    s = gamma / sqrt(running_var + eps)."""
+def reference_fold_conv_bn(conv, bn):
+    """The grader's fold: W' = W * s[:, None, None, None], b' = (b − running_mean) * s + beta,
+    with s = gamma / sqrt(running_var + eps); the convolution's geometry is kept."""
     import torch
 
     with torch.no_grad():
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        bias = linear.bias if linear.bias is not None else torch.zeros_like(bn.running_mean)
-        folded = torch.nn.Linear(linear.in_features, linear.out_features)
-        folded.weight.copy_(linear.weight * scale[:, None])
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        folded = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
+                                 stride=conv.stride, padding=conv.padding,
+                                 dilation=conv.dilation, groups=conv.groups, bias=True)
+        folded.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
         folded.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
     return folded
 
 
-def _build_linear_bn(inputs):
+def _conv(inputs, W=None, b=None):
     import torch
+    import torch.nn.functional as F
 
-    out_f, in_f = inputs["W"].shape
-    linear = torch.nn.Linear(in_f, out_f, bias=inputs["b"] is not None)
-    bn = torch.nn.BatchNorm1d(out_f, eps=inputs["eps"])
+    c = inputs["conv"]
+    W = inputs["W"] if W is None else W
+    b = inputs["b"] if b is None else b
     with torch.no_grad():
-        linear.weight.copy_(torch.from_numpy(inputs["W"]))
-        if inputs["b"] is not None:
-            linear.bias.copy_(torch.from_numpy(inputs["b"]))
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            getattr(bn, name).copy_(torch.from_numpy(inputs["bn_" + name]))
-    return linear.eval(), bn.eval()
-
-
-def _snapshot(*modules):
-    return [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
-
-
-def _same(a, b):
-    import torch
-
-    return all(set(x) == set(y) and all(torch.equal(x[k], y[k]) for k in x) for x, y in zip(a, b))
-
-
-def _run_fold(fn, inputs):
-    import torch
-
-    linear, bn = _build_linear_bn(inputs)
-    before = _snapshot(linear, bn)
-    folded = fn(linear, bn)
-    if not isinstance(folded, torch.nn.Linear):
-        raise SubmissionError(f"fold_linear_bn must return a torch.nn.Linear, got "
-                              f"{type(folded).__name__}")
-    result = {"weight_shape": list(folded.weight.shape),
-              "has_bias": folded.bias is not None,
-              "unchanged": _same(before, _snapshot(linear, bn)) and not bn.training,
-              "same_object": folded is linear}
-    with torch.no_grad():
-        result["y"] = as_array(folded(torch.from_numpy(inputs["x"])), "the folded layer's output")
-    return result
-
-
-def _reference_fold():
-    return reference_fold_linear_bn
+        z = F.conv2d(torch.from_numpy(inputs["x"]).double(), torch.from_numpy(W).double(),
+                     None if b is None else torch.from_numpy(np.asarray(b)).double(),
+                     stride=c["stride"], padding=c["padding"], dilation=c["dilation"],
+                     groups=c["groups"])
+    return z.numpy()
 
 
 def _compare_fold_output(got, expected, inputs):
     if list(got["weight_shape"]) != list(expected["weight_shape"]):
         return (f"the folded weight has shape {tuple(got['weight_shape'])}, expected "
-                f"{tuple(expected['weight_shape'])} (out_features, in_features)")
+                f"{tuple(expected['weight_shape'])} (out_channels, in_channels / groups, kH, kW)")
     if not got["has_bias"]:
-        return "the folded Linear needs a bias (it carries beta − running_mean * scale)"
-    x = inputs["x"].astype(np.float64)
-    W, b = inputs["W"].astype(np.float64), inputs["b"]
-    z = x @ W.T + (0 if b is None else b)
-    gamma, beta, rm, rv = (inputs["bn_" + k].astype(np.float64)
+        return "the folded Conv2d needs a bias (it carries beta − running_mean * scale)"
+    if got["geometry"] != expected["geometry"]:
+        return ("the folded convolution has stride/padding/dilation/groups "
+                f"{got['geometry']}, expected {expected['geometry']}: copy them from conv")
+    z = _conv(inputs)
+    gamma, beta, rm, rv = (_per_channel(inputs["bn_" + k].astype(np.float64), 4)
                            for k in ("weight", "bias", "running_mean", "running_var"))
     eps = inputs["eps"]
     scale = gamma / np.sqrt(rv + eps)
-    zb = 0 if b is None else b.astype(np.float64)
+    zb = 0 if inputs["b"] is None else _per_channel(inputs["b"].astype(np.float64), 4)
+    W = inputs["W"]
     hints = (("use the running statistics of the eval-mode BN, not the statistics of a batch",
-              lambda: gamma * (z - z.mean(0)) / np.sqrt(z.var(0) + eps) + beta),
+              lambda: gamma * (z - z.mean((0, 2, 3), keepdims=True))
+              / np.sqrt(z.var((0, 2, 3), keepdims=True) + eps) + beta),
              ("eps goes inside the square root: scale = gamma / sqrt(running_var + eps)",
               lambda: gamma * (z - rm) / (np.sqrt(rv) + eps) + beta),
-             ("the Linear's bias goes through BN too: b' = (b − running_mean) * scale + beta",
-              lambda: scale * (z - zb) + zb - rm * scale + beta))
-    return array_mismatch(got["y"], expected["y"], "folded(x) vs bn(linear(x))", rtol=1e-4,
+             ("the convolution's bias goes through BN too: b' = (b − running_mean) * scale + beta",
+              lambda: scale * (z - zb) + zb - rm * scale + beta),
+             ("scale the output channels (axis 0 of the weight, one filter per BN channel), not "
+              "the input channels", lambda: _conv(inputs, W=W * scale.reshape(1, -1, 1, 1),
+                                                  b=np.zeros(W.shape[0]))
+              + (beta - rm * scale) + (zb * scale)))
+    return array_mismatch(got["y"], expected["y"], "folded(x) vs bn(conv(x))", rtol=1e-4,
                           atol=1e-5, hints=hints)
 
 
 def _compare_fold_unchanged(got, expected, inputs):
     if got["same_object"] or not got["unchanged"]:
-        return ("fold_linear_bn changed the given linear or bn (or returned the same object): "
-                "build and return a new torch.nn.Linear")
+        return ("fold_conv_bn changed the given conv or bn (or returned the same object): "
+                "build and return a new torch.nn.Conv2d")
     return _compare_fold_output(got, expected, inputs)
 
 
-def _fold_inputs(bias=True, eps=1e-5):
+def _fold_inputs(bias=True, eps=1e-5, channels=(3, 4), kernel=3, stride=1, padding=1,
+                 dilation=1, groups=1):
     def make(rng):
-        in_f, out_f = 5, 4
-        return {"W": rng.normal(0, 0.5, (out_f, in_f)).astype(np.float32),
-                "b": rng.normal(0, 1, out_f).astype(np.float32) if bias else None,
-                "bn_weight": rng.uniform(0.5, 2, out_f).astype(np.float32),
-                "bn_bias": rng.normal(0, 1, out_f).astype(np.float32),
-                "bn_running_mean": rng.normal(0, 1, out_f).astype(np.float32),
-                "bn_running_var": rng.uniform(0.05, 0.5 if eps != 1e-5 else 3,
-                                              out_f).astype(np.float32),
-                "eps": eps, "x": rng.normal(0, 1, (7, in_f)).astype(np.float32)}
+        c_in, c_out = channels
+        f32 = np.float32
+        return {"conv": {"in": c_in, "out": c_out, "kernel": kernel, "stride": stride,
+                         "padding": padding, "dilation": dilation, "groups": groups},
+                "W": rng.normal(0, 0.5, (c_out, c_in // groups, kernel, kernel)).astype(f32),
+                "b": rng.normal(0, 1, c_out).astype(f32) if bias else None,
+                "bn_weight": rng.uniform(0.5, 2, c_out).astype(f32),
+                "bn_bias": rng.normal(0, 1, c_out).astype(f32),
+                "bn_running_mean": rng.normal(0, 1, c_out).astype(f32),
+                "bn_running_var": rng.uniform(0.05, 0.5 if eps != 1e-5 else 3, c_out).astype(f32),
+                "eps": eps, "x": rng.normal(0, 1, (2, c_in, 7, 7)).astype(f32)}
     return make
 
 
-FOLD_LINEAR_BN = Exercise(
-    module="05", name="fold_linear_bn", kind="function",
-    run=_run_fold, reference=_reference_fold, forbidden=FOLD_FORBIDDEN,
+FOLD_CONV_BN = Exercise(
+    module="05", name="fold_conv_bn", kind="function",
+    run=run_fold, reference=lambda: reference_fold_conv_bn, forbidden=FOLD_FORBIDDEN,
     checks=(
-        Check("folded(x) equals bn(linear(x)) in eval mode", _fold_inputs(),
+        Check("3x3 conv with bias: folded(x) equals bn(conv(x)) in eval mode", _fold_inputs(),
               _compare_fold_output),
-        Check("a Linear without bias", _fold_inputs(bias=False), _compare_fold_output),
-        Check("eps=0.1 is used", _fold_inputs(eps=0.1), _compare_fold_output),
-        Check("returns a new Linear, leaves linear and bn unchanged", _fold_inputs(),
+        Check("a conv without bias (the usual case before BN)", _fold_inputs(bias=False),
+              _compare_fold_output),
+        Check("eps=0.1 is used", _fold_inputs(eps=0.1, bias=False), _compare_fold_output),
+        Check("stride 2, padding 2, dilation 2 are kept",
+              _fold_inputs(stride=2, padding=2, dilation=2), _compare_fold_output),
+        Check("a depthwise conv (groups = channels)",
+              _fold_inputs(channels=(4, 4), groups=4, bias=False), _compare_fold_output),
+        Check("returns a new Conv2d, leaves conv and bn unchanged", _fold_inputs(),
               _compare_fold_unchanged),
     ),
 )
@@ -216,16 +203,17 @@ FOLD_LINEAR_BN = Exercise(
 
 
 def reference_recalibrate_bn(model, batches):
-    """The grader's recalibration: reset, cumulative average (momentum=None) in train mode
-    without gradients, restore momentum, eval mode."""
+    """The grader's recalibration: reset, cumulative average (momentum=None) with only the BN
+    layers in training mode, without gradients; restore momentum; eval mode."""
     import torch
 
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    norms = batchnorms(model)
     momenta = [m.momentum for m in norms]
+    model.eval()
     for m in norms:
         m.reset_running_stats()
         m.momentum = None
-    model.train()
+        m.train()
     with torch.no_grad():
         for x in batches:
             model(x)
@@ -234,80 +222,53 @@ def reference_recalibrate_bn(model, batches):
     return model.eval()
 
 
-def _build_model(inputs):
-    import torch
-
-    torch.manual_seed(inputs["model_seed"])
-    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU(),
-                                torch.nn.Linear(6, 3), torch.nn.BatchNorm1d(3, momentum=0.3))
-    with torch.no_grad():
-        for index, rm, rv in ((1, "rm1", "rv1"), (4, "rm4", "rv4")):
-            model[index].running_mean.copy_(torch.from_numpy(inputs[rm]))
-            model[index].running_var.copy_(torch.from_numpy(inputs[rv]))
-            model[index].num_batches_tracked.fill_(100)
-            model[index].weight.copy_(torch.from_numpy(inputs["w" + rm[-1]]))
-    return model.train() if inputs["start_in_train"] else model.eval()
-
-
-def _run_recalibrate(fn, inputs):
-    import torch
-
-    model = _build_model(inputs)
-    weights = {k: v.detach().clone() for k, v in model.named_parameters()}
-    batches = [torch.from_numpy(x) for x in inputs["batches"]]
-    out = fn(model, batches)
-    if not isinstance(out, torch.nn.Module):
-        raise SubmissionError(f"recalibrate_bn must return the model, got {type(out).__name__}")
-    norms = [m for m in out.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    result = {"n_norms": len(norms),
-              "momenta": [float(-1 if m.momentum is None else m.momentum) for m in norms],
-              "training": [bool(m.training) for m in out.modules()],
-              "weights_unchanged": all(torch.equal(weights[k], v.detach())
-                                       for k, v in out.named_parameters() if k in weights),
-              "no_grads": all(p.grad is None for p in out.parameters())}
-    for i, m in enumerate(norms):
-        result[f"running_mean_{i}"] = as_array(m.running_mean, "running_mean")
-        result[f"running_var_{i}"] = as_array(m.running_var, "running_var")
-        result[f"num_batches_tracked_{i}"] = int(m.num_batches_tracked)
-    return result
-
-
-def _reference_recalibrate():
-    return reference_recalibrate_bn
-
-
 def _alternative(inputs, recalibrate):
     """Running statistics a mistaken recalibration would leave (computed with torch here)."""
     import torch
 
-    model = _build_model(inputs)
+    model = build_model(inputs)
     recalibrate(model, [torch.from_numpy(x) for x in inputs["batches"]])
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     return [(m.running_mean.detach().numpy().copy(), m.running_var.detach().numpy().copy())
-            for m in norms]
+            for m in batchnorms(model)]
+
+
+def _bn_only_train(model):
+    model.eval()
+    for m in batchnorms(model):
+        m.train()
 
 
 def _no_reset(model, batches):
     import torch
 
-    model.train()
+    _bn_only_train(model)
     with torch.no_grad():
         for x in batches:
             model(x)
 
 
 def _reset_keep_momentum(model, batches):
-    import torch
-
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
+    for m in batchnorms(model):
+        m.reset_running_stats()
     _no_reset(model, batches)
+
+
+def _compare_dropout(got, expected, inputs):
+    if got["dropout_forwards"] < len(inputs["batches"]):
+        return (f"the model ran {got['dropout_forwards']} forward passes, expected one per "
+                f"batch ({len(inputs['batches'])})")
+    if got["dropout_on"]:
+        return ("dropout was in training mode while the batches ran: model.train() turns on "
+                "dropout too; put only the BN layers in training mode (m.train() for each)")
+    return None
 
 
 def _compare_recalibrated_stats(got, expected, inputs):
     if got["n_norms"] != expected["n_norms"]:
         return f"the returned model has {got['n_norms']} BatchNorm modules, expected 2"
+    message = _compare_dropout(got, expected, inputs)
+    if message:
+        return message
     alternatives = {}
 
     def alt(name, i, j):
@@ -346,7 +307,8 @@ def _compare_momentum(got, expected, inputs):
 
 def _compare_eval_mode(got, expected, inputs):
     if any(got["training"]):
-        return "the model is left in training mode: call model.eval() at the end"
+        return ("a module is left in training mode: put the model back in eval mode "
+                "(model.eval()) before returning it")
     return None
 
 
@@ -364,24 +326,82 @@ def _recalibrate_inputs(start_in_train=False):
         return {"model_seed": int(rng.integers(1000)), "start_in_train": start_in_train,
                 "rm1": rng.normal(3, 1, 6).astype(np.float32),
                 "rv1": rng.uniform(5, 9, 6).astype(np.float32),
-                "rm4": rng.normal(-3, 1, 3).astype(np.float32),
-                "rv4": rng.uniform(5, 9, 3).astype(np.float32),
+                "rm5": rng.normal(-3, 1, 3).astype(np.float32),
+                "rv5": rng.uniform(5, 9, 3).astype(np.float32),
                 "w1": rng.uniform(0.5, 2, 6).astype(np.float32),
-                "w4": rng.uniform(0.5, 2, 3).astype(np.float32),
+                "w5": rng.uniform(0.5, 2, 3).astype(np.float32),
                 "batches": [rng.normal(1, 2, (8, 4)).astype(np.float32) for _ in range(5)]}
     return make
 
 
 RECALIBRATE_BN = Exercise(
     module="05", name="recalibrate_bn", kind="function",
-    run=_run_recalibrate, reference=_reference_recalibrate, forbidden=RECALIBRATE_FORBIDDEN,
+    run=run_recalibrate, reference=lambda: reference_recalibrate_bn,
+    forbidden=RECALIBRATE_FORBIDDEN,
     checks=(
         Check("running statistics: cumulative average over the batches", _recalibrate_inputs(),
               _compare_recalibrated_stats),
+        Check("dropout stays off while the batches run (only BN in training mode)",
+              _recalibrate_inputs(True), _compare_dropout),
         Check("each BN's momentum restored", _recalibrate_inputs(True), _compare_momentum),
         Check("model left in eval mode", _recalibrate_inputs(True), _compare_eval_mode),
         Check("weights unchanged, no gradients", _recalibrate_inputs(), _compare_weights),
     ),
 )
 
-EXERCISES = (BATCHNORM_EVAL, FOLD_LINEAR_BN, RECALIBRATE_BN)
+# --- inference_questions ------------------------------------------------------------------
+
+
+def _fold_data(rng):
+    C = int(rng.integers(2, 6))
+    return {"b": rng.normal(0, 1, C), "gamma": rng.uniform(0.5, 2, C), "beta": rng.normal(0, 1, C),
+            "running_mean": rng.normal(0, 2, C), "running_var": rng.uniform(0.02, 0.3, C),
+            "eps": 0.05}
+
+
+def _stale_data(rng):
+    d = _fold_data(rng)
+    d.pop("b")
+    d["new_mean"] = d["running_mean"] + rng.normal(0, 1, len(d["gamma"]))
+    return d
+
+
+def _s(d):
+    return d["gamma"] / np.sqrt(d["running_var"] + d["eps"])
+
+
+INFERENCE_QUESTIONS = {
+    "folded_bias": (
+        "the bias b' of a Linear/Conv (bias b) folded with an eval-mode BN", _fold_data,
+        lambda d: (d["b"] - d["running_mean"]) * _s(d) + d["beta"],
+        (("the layer's bias goes through BN too: b' = (b − running_mean) * s + beta",
+          lambda d: d["b"] - d["running_mean"] * _s(d) + d["beta"]),
+         ("s = gamma / sqrt(running_var + eps): eps inside the square root",
+          lambda d: (d["b"] - d["running_mean"]) * d["gamma"] / (np.sqrt(d["running_var"])
+                                                                 + d["eps"]) + d["beta"])),
+        1e-6),
+    "weight_of_first_batch": (
+        "the weight batch 1's mean carries in running_mean after K batches with momentum m "
+        "(a BN reset before batch 1)",
+        lambda rng: {"momentum": float(rng.choice([0.1, 0.2, 0.3])), "K": int(rng.integers(2, 12))},
+        lambda d: d["momentum"] * (1 - d["momentum"]) ** (d["K"] - 1),
+        (("batch 1 enters with weight m, then every later batch multiplies it by (1 − m)",
+          lambda d: (1 - d["momentum"]) ** (d["K"] - 1)),
+         ("K − 1 later batches shrink it, not K", lambda d: d["momentum"] * (1 - d["momentum"]) ** d["K"]),
+         ("torch's momentum weighs the new batch, not the old running value",
+          lambda d: (1 - d["momentum"]) * d["momentum"] ** (d["K"] - 1))),
+        1e-6),
+    "stale_output_mean": (
+        "the mean of an eval-mode BN's output when its input's mean has moved to new_mean",
+        _stale_data,
+        lambda d: (d["new_mean"] - d["running_mean"]) * _s(d) + d["beta"],
+        (("eval mode does not renormalise: the output mean is beta only if the input mean "
+          "still equals running_mean", lambda d: d["beta"]),),
+        1e-6),
+}
+
+INFERENCE_QUESTIONS_EXERCISE = question_exercise("05", "inference_questions",
+                                                 INFERENCE_QUESTIONS, IMPLEMENT_BN_FORBIDDEN,
+                                                 run_questions)
+
+EXERCISES = (BATCHNORM_EVAL, FOLD_CONV_BN, RECALIBRATE_BN, INFERENCE_QUESTIONS_EXERCISE)
