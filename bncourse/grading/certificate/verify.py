@@ -30,14 +30,17 @@ def _plain_name(name: str) -> bool:
 
 
 def regrade_failures(facts, folder, limits: SandboxLimits) -> list[str]:
-    """Re-grade each notebook the record names, read only from inside `folder`."""
+    """Re-grade each notebook the record names, read only from inside `folder`: first each
+    file's name (a plain file name), place (no link out of `folder`) and SHA-256, then, when all
+    match, each is graded with the record's seed."""
     from bncourse.grading.grade import GraderError, _sha256, grade_notebook
 
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"--regrade {folder}: no such folder")
     root = folder.resolve()
-    failures = []
+    failures, paths = [], {}
+    # First every file's name, place and hash (cheap); grade only when all of them match.
     for r in facts.lessons:
         if not _plain_name(r.file):
             failures.append(f"lesson {r.lesson}: the record names {r.file!r}, not a plain file "
@@ -46,16 +49,18 @@ def regrade_failures(facts, folder, limits: SandboxLimits) -> list[str]:
         path = folder / r.file
         if not path.resolve().is_relative_to(root):
             failures.append(f"lesson {r.lesson}: {path} links to outside {folder}: not read")
-            continue
-        if not path.is_file():
+        elif not path.is_file():
             failures.append(f"lesson {r.lesson}: {r.file} not found in {folder}")
-            continue
-        if _sha256(path.read_bytes()) != r.sha256:
+        elif _sha256(path.read_bytes()) != r.sha256:
             failures.append(f"lesson {r.lesson}: {r.file}: SHA-256 differs from the record (the "
                             "file changed since the certificate was issued)")
-            continue
+        else:
+            paths[r.lesson] = path
+    if failures:
+        return failures
+    for r in facts.lessons:
         try:
-            nb = grade_notebook(path, limits, seed=facts.seed)
+            nb = grade_notebook(paths[r.lesson], limits, seed=facts.seed)
         except GraderError:
             raise
         except ValueError as exc:
