@@ -180,8 +180,12 @@ def main(path, out="gradebook", limits: SandboxLimits = SandboxLimits(), key_fil
         issuer = did_key(key.public_key())
         for e in entries:
             if _passed(e):
-                facts = make_facts(check_name(e["learner"], "learner folder name"), e["report"],
-                                   issuer, issuer_name)
+                try:
+                    name = check_name(e["learner"], "the learner's folder name")
+                except ValueError as exc:
+                    e["problems"].append(f"no credential: {exc}")
+                    continue
+                facts = make_facts(name, e["report"], issuer, issuer_name)
                 record, _, missing = write_certificate(facts, Path(out) / "credentials", key)
                 e["credential"] = str(record)
                 if missing:

@@ -117,6 +117,7 @@ class GradeReport:
     notebooks: list[NotebookReport]
     seed: int
     skipped: list[str] = field(default_factory=list)
+    skip_reasons: dict[str, str] = field(default_factory=dict)  # default: not an exercise nb
 
     def modules(self) -> dict[str, dict]:
         """Per module: points, max_points, score, passed, notebook (the first one found)."""
@@ -134,7 +135,7 @@ class GradeReport:
                 "pass_mark": registry.PASS_MARK, "seed": self.seed,
                 "modules": self.modules(),
                 "notebooks": [nb.to_json() for nb in self.notebooks],
-                "skipped": self.skipped}
+                "skipped": self.skipped, "skip_reasons": self.skip_reasons}
 
     def text(self) -> str:
         lines = []
@@ -153,7 +154,8 @@ class GradeReport:
                              f"({nb.score:.0%}; pass mark {registry.PASS_MARK:.0%}): {verdict}")
             lines.append("")
         for path in self.skipped:
-            lines.append(f"skipped (not an exercise notebook of a graded module): {path}")
+            reason = self.skip_reasons.get(path, "not an exercise notebook of a graded module")
+            lines.append(f"skipped ({reason}): {path}")
         modules = self.modules()
         if modules:
             lines.append("Summary: " + ", ".join(
@@ -264,9 +266,12 @@ def grade_path(path, limits: SandboxLimits = SandboxLimits(), seed: int | None =
                 raise ValueError(f"{nb_path.name} is {CORRUPTED}: {exc}") from None
             # A damaged notebook must say so, not vanish into "skipped".
             module = notebook_module({}, nb_path.name)
-            if modules is None or module in modules or module not in registry.NOTEBOOKS:
+            if module in registry.NOTEBOOKS and (modules is None or module in modules):
                 report.notebooks.append(_ungraded(nb_path, shown, module,
                                                   f"cannot be graded: {CORRUPTED} ({exc})"))
+            else:  # no module to report it under: listed as skipped, saying why
+                report.skipped.append(shown)
+                report.skip_reasons[shown] = f"{CORRUPTED}, not a readable notebook"
             continue
         module = notebook_module(nb, nb_path.name)
         if (not registry.module_exercises(module or "")
