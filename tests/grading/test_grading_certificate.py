@@ -395,13 +395,25 @@ def test_regrade_detects_a_changed_notebook_and_a_different_score(regrade_folder
     record = build_credential(make_facts("Ada", report))
     report.notebooks[2].exercises[0].checks[0] = CheckResult("c", 0, 1)  # lesson 04 re-grades 4/5
     failures, _ = check_record(record, None, regrade=folder)
-    assert failures == ["lesson 04: re-graded 4/5 (seed 7), the record says 5/5"]
+    assert failures == ["lesson 04: re-graded 4/5 (seed 7), the record says 5/5; lost: 04.x: c: "]
     (folder / registry.NOTEBOOKS["03"]).write_text("edited")
     seeds.clear()
     failures, _ = check_record(record, None, regrade=folder)
     assert failures == ["lesson 03: 03_backward_exercises.ipynb: SHA-256 differs from the record "
                         "(the file changed since the certificate was issued)"]
     assert seeds == []
+
+
+def test_a_regrade_that_hit_the_time_limit_says_so(regrade_folder):
+    folder, report, _ = regrade_folder
+    record = build_credential(make_facts("Ada", report))
+    report.notebooks[4].exercises[0].checks[0] = CheckResult(
+        "trained", 0, 1, "stopped after 20 s: an infinite loop? (time limit per check)")
+    [failure] = check_record(record, None, regrade=folder)[0]
+    assert failure.startswith("lesson 06: re-graded 4/5 (seed 7), the record says 5/5; lost: "
+                              "06.x: trained: stopped after 20 s")
+    assert failure.endswith("(a check hit the time limit of 20 s: on a busy machine, re-run "
+                            "with a larger --timeout)")
 
 
 # --- issuing --------------------------------------------------------------------------------
@@ -525,6 +537,9 @@ def test_write_pdf_draws_any_name_and_13_lessons(tmp_path):
 
 # --- one real run: solutions -> certificate -> verify --regrade -----------------------------
 
+SLOW = ["--timeout", "120"]
+
+
 @pytest.fixture(scope="module")
 def issued(tmp_path_factory, keys):
     """A signed certificate for a copy of the solutions (one real grading run)."""
@@ -532,8 +547,10 @@ def issued(tmp_path_factory, keys):
     folder = base / "work"
     shutil.copytree(SOLUTIONS, folder)
     before = folder_hashes(folder)
+    # A generous time limit: lesson 06's training check needs more than the default 20 s on
+    # a busy machine, and this test is about the record, not about speed.
     status = main(["certificate", "--name", "Ada Lovelace", "--path", str(folder),
-                   "--out", str(base / "out"), "--key-file", str(keys[0][3])])
+                   "--out", str(base / "out"), "--key-file", str(keys[0][3])] + SLOW)
     assert status == 0
     assert folder_hashes(folder) == before
     records = list((base / "out").glob("*.json"))
@@ -547,7 +564,7 @@ def test_issued_record_verifies_and_regrades(issued, keys, monkeypatch, capsys):
     assert {r["file"] for r in record["grading"]["lessons"]} == set(registry.NOTEBOOKS.values())
     monkeypatch.chdir(base.parent)
     assert main(["verify", str(record_path), "--public-key", str(keys[0][2]),
-                 "--regrade", str(folder)]) == 0
+                 "--regrade", str(folder)] + SLOW) == 0
     out = capsys.readouterr().out
     assert "VERIFIED: signed by bncourse instructor" in out and "re-grade to the recorded" in out
 

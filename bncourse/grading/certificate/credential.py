@@ -252,7 +252,9 @@ def facts_from_credential(credential) -> Facts:
         raise CredentialError("credential['credentialSubject']['identifier'] should hold one name")
     lessons = []
     for index, entry in enumerate(_get(grading, "lessons", kind=list)):
-        get = lambda key, kind: _get(credential, "grading", "lessons", index, key, kind=kind)  # noqa: E731
+        def get(key, kind, index=index):
+            return _get(credential, "grading", "lessons", index, key, kind=kind)
+
         lessons.append(LessonResult(get("lesson", str), get("title", str), get("points", int),
                                     get("maxPoints", int), get("file", str), get("sha256", str)))
     for index, r in enumerate(lessons):
@@ -307,7 +309,8 @@ def _proof_options(issuer_did: str, created: str) -> dict:
 
 def _hash_data(unsecured: dict, options: dict) -> bytes:
     config = dict(options, **{"@context": unsecured["@context"]})
-    return hashlib.sha256(canonical(config)).digest() + hashlib.sha256(canonical(unsecured)).digest()
+    return (hashlib.sha256(canonical(config)).digest()
+            + hashlib.sha256(canonical(unsecured)).digest())
 
 
 def sign_credential(credential: dict, key: Ed25519PrivateKey) -> dict:

@@ -71,8 +71,15 @@ def regrade_failures(facts, folder, limits: SandboxLimits) -> list[str]:
         elif nb.module != r.lesson:
             failures.append(f"lesson {r.lesson}: {r.file} is a notebook of module {nb.module}")
         elif (nb.points, nb.max_points) != (r.points, r.max_points):
-            failures.append(f"lesson {r.lesson}: re-graded {nb.points}/{nb.max_points} (seed "
-                            f"{facts.seed}), the record says {r.points}/{r.max_points}")
+            lost = [f"{e.id}: {c.name}: {c.message}" for e in nb.exercises for c in e.checks
+                    if c.points < c.max_points]
+            timed_out = any("time limit" in m for m in lost)
+            failures.append(
+                f"lesson {r.lesson}: re-graded {nb.points}/{nb.max_points} (seed {facts.seed}), "
+                f"the record says {r.points}/{r.max_points}"
+                + (f"; lost: {'; '.join(lost[:3])}" if lost else "")
+                + (f" (a check hit the time limit of {limits.timeout:g} s: on a busy machine, "
+                   "re-run with a larger --timeout)" if timed_out else ""))
     return failures
 
 
