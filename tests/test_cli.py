@@ -174,3 +174,42 @@ def test_sandbox_check_without_a_course_folder_is_skipped(tmp_path):
     assert cli.sandbox_check(None) == (
         "grading sandbox", True, "not checked (no solutions/02_forward_exercises.ipynb here)")
     assert cli.sandbox_check(tmp_path)[1] is True
+
+
+def test_help_lists_the_grading_commands(capsys):
+    assert cli.main([]) == 2
+    out = capsys.readouterr().out
+    for command in ("grade", "keygen", "certificate", "verify", "assign"):
+        assert command in out
+
+
+def test_keygen_command_writes_the_key_pair(tmp_path, capsys):
+    assert cli.main(["keygen", "--out", str(tmp_path / "keys")]) == 0
+    out = capsys.readouterr().out
+    assert "private_key.pem (keep it secret: mode 0600)" in out and "public_key.pem" in out
+    assert (tmp_path / "keys" / "private_key.pem").stat().st_mode & 0o777 == 0o600
+    assert cli.main(["keygen", "--out", str(tmp_path / "keys")]) == 2  # never overwrites
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_grading_commands_run_as_a_program(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bncourse", "keygen", "--out",
+                             str(tmp_path / "k")], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    result = subprocess.run([sys.executable, "-m", "bncourse", "verify", "missing.json",
+                             "--public-key", str(tmp_path / "k" / "public_key.pem")],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2 and "missing.json: no such file" in result.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["certificate", "--name", "Ada", "--path", "nowhere"], "--path nowhere: no such folder"),
+    (["certificate", "--name", "Ada", "--timeout", "0"], "must be positive"),
+    (["verify", "r.json", "--public-key", "nope.pem"], "--public-key nope.pem: no such file"),
+])
+def test_grading_commands_usage_errors_exit_2(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.json").write_text("{}")
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err

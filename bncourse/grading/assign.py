@@ -5,17 +5,23 @@ raises `NotImplementedError`, at the marker's indentation (the `def` line and do
 the markers, stay). Outputs are cleared and the generated notebook is executed, so exercises are
 committed with outputs and pass strict nbval. `out_of_date()` (used by the tests) compares the
 generated sources with the committed ones without executing anything.
+
+A learner's filled-in exercise is never overwritten: a target whose code differs from the
+freshly generated one *and* has replaced one of its stubs (`filled_in`) makes `generate` refuse
+(ValueError naming the files) unless `force=True` (`--force`), which first keeps a copy as
+`NAME.ipynb.bak`. An author's stale stubs (the solutions changed) are simply regenerated.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import shutil
 import sys
 from pathlib import Path
 
 __all__ = ["BEGIN", "END", "STUB", "strip_solutions", "exercise_notebook", "generate",
-           "out_of_date", "main"]
+           "out_of_date", "filled_in", "main"]
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
@@ -88,6 +94,18 @@ def out_of_date(solutions: Path, exercises: Path) -> list[str]:
     return problems
 
 
+def filled_in(existing: dict, generated: dict) -> bool:
+    """Whether `existing` (an exercise notebook on disk) holds a learner's work: its code cells
+    differ from `generated` and it has fewer stubs left (a stub was replaced by code)."""
+    def code(nb):
+        return [_source(c) for c in nb.get("cells", []) if c.get("cell_type") == "code"]
+
+    def stubs(nb):
+        return sum(source.count(STUB[1]) for source in code(nb))
+
+    return code(existing) != code(generated) and stubs(existing) < stubs(generated)
+
+
 def _execute(nb: dict, cwd: Path) -> dict:
     import nbformat
     from nbclient import NotebookClient
@@ -99,9 +117,10 @@ def _execute(nb: dict, cwd: Path) -> dict:
 
 
 def generate(solutions: Path, exercises: Path, execute: bool = True,
-             only: str = "*.ipynb") -> list[Path]:
+             only: str = "*.ipynb", force: bool = False) -> list[Path]:
     """Write exercises/<name>.ipynb for every solutions/<name>.ipynb matching the glob `only`
-    (all by default); returns the paths."""
+    (all by default); returns the paths. ValueError, before anything is written, if a target
+    holds a learner's filled-in work, unless `force` (then a copy is kept as NAME.ipynb.bak)."""
     import nbformat
 
     solutions, exercises = Path(solutions), Path(exercises)
@@ -112,8 +131,25 @@ def generate(solutions: Path, exercises: Path, execute: bool = True,
     matches = sorted(p for p in solutions.glob(only) if p.suffix == ".ipynb")
     if not matches:
         raise ValueError(f"{solutions}: no notebook matches {only!r}")
-    for path in matches:
-        nb = exercise_notebook(json.loads(path.read_text(encoding="utf-8")))
+    notebooks = {path: exercise_notebook(json.loads(path.read_text(encoding="utf-8")))
+                 for path in matches}
+    learners = []
+    for path, nb in notebooks.items():
+        target = exercises / path.name
+        if target.exists():
+            try:
+                existing = json.loads(target.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                existing = None  # unreadable: not an author's generated file either
+            if existing is None or filled_in(existing, nb):
+                learners.append(target)
+    if learners and not force:
+        raise ValueError("not overwriting exercises a learner has filled in: "
+                         + ", ".join(str(t) for t in learners)
+                         + " (use --force to overwrite; a copy is kept as NAME.ipynb.bak)")
+    for target in learners:
+        shutil.copy2(target, target.with_name(target.name + ".bak"))
+    for path, nb in notebooks.items():
         node = _execute(nb, exercises) if execute else nbformat.from_dict(nb)
         target = exercises / path.name
         nbformat.write(node, str(target))
@@ -129,6 +165,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-execute", action="store_true")
     parser.add_argument("--only", default="*.ipynb", metavar="GLOB",
                         help="regenerate only the solutions matching GLOB, e.g. '06_*'")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite exercise notebooks a learner has filled in (a copy is "
+                             "kept as NAME.ipynb.bak)")
     parser.add_argument("--check", action="store_true",
                         help="only report whether exercises/ is out of date (exit 1 if so)")
     args = parser.parse_args(argv)
@@ -139,7 +178,8 @@ def main(argv=None) -> int:
         return 1 if problems else 0
     try:
         for target in generate(Path(args.solutions), Path(args.exercises),
-                               execute=not args.no_execute, only=args.only):
+                               execute=not args.no_execute, only=args.only,
+                               force=args.force):
             print(f"wrote {target}")
     except ValueError as exc:
         print(f"assign: {exc}", file=sys.stderr)

@@ -3,12 +3,24 @@
 For each notebook: read its bytes once (the SHA-256 and the grade refer to those bytes), find
 its module, run its code and the module's checks in a child process (`sandbox.py`), and score
 each check here, against the trusted reference. Learner files are only read, never written.
+
+Bad input, one rule: what the learner handed in is reported as such and scores nothing; what
+stops the grader itself is the grader's error.
+- a notebook of another course (or of an ungraded lesson) given directly: `NotGradable`, a
+  ValueError saying so (the command exits non-zero); inside a folder it is skipped, listed;
+- a file that is not a readable notebook: "corrupted", given directly (ValueError) or in a
+  folder (reported under its module, never skipped);
+- a `--memory-mb` too small for python + NumPy + torch to start: `GraderError`, naming the
+  limit, before any learner code runs (and if the grading process fails to start anyway).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import resource
 import secrets
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,9 +34,51 @@ from bncourse.grading.results import (CheckResult, ExerciseResult, clean_text, e
 from bncourse.grading.sandbox import SandboxLimits, run_notebook
 
 __all__ = ["NotebookReport", "GradeReport", "grade_notebook", "grade_path", "find_notebooks",
-           "GRADER_VERSION"]
+           "GRADER_VERSION", "GraderError", "NotGradable", "CORRUPTED", "check_limits"]
 
 GRADER_VERSION = 1
+CORRUPTED = "corrupted"
+
+
+class GraderError(RuntimeError):
+    """The grader itself cannot run (not the learner's fault): e.g. --memory-mb too small."""
+
+
+class NotGradable(ValueError):
+    """A notebook given directly that is not an exercise notebook of this course."""
+
+
+_START_CHECKED: dict[int, str | None] = {}
+
+
+def _grader_start_error(memory_mb: int) -> str | None:
+    """Why python + NumPy + torch cannot start under an address-space limit of `memory_mb`
+    (None: they can). Measured once per limit: about 2 s."""
+    if memory_mb not in _START_CHECKED:
+        def limit():
+            resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
+
+        try:
+            done = subprocess.run([sys.executable, "-I", "-c",
+                                   "import numpy, torch, bncourse.grading.checks"],
+                                  preexec_fn=limit, capture_output=True, text=True, timeout=120,
+                                  stdin=subprocess.DEVNULL)
+            tail = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            _START_CHECKED[memory_mb] = None if done.returncode == 0 else tail
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            _START_CHECKED[memory_mb] = str(exc)
+    return _START_CHECKED[memory_mb]
+
+
+def check_limits(limits: SandboxLimits) -> None:
+    """GraderError when the grading process could not start under `limits` (checked only for a
+    memory limit below the default: the default is known to work)."""
+    if limits.memory_mb < SandboxLimits().memory_mb:
+        error = _grader_start_error(limits.memory_mb)
+        if error:
+            raise GraderError(f"--memory-mb {limits.memory_mb} is too small for the grader "
+                              f"itself to start (python, NumPy and torch: {error}); this is "
+                              "not the learner's fault: use --memory-mb 1024 or more")
 
 
 @dataclass
@@ -63,6 +117,7 @@ class GradeReport:
     notebooks: list[NotebookReport]
     seed: int
     skipped: list[str] = field(default_factory=list)
+    skip_reasons: dict[str, str] = field(default_factory=dict)  # default: not an exercise nb
 
     def modules(self) -> dict[str, dict]:
         """Per module: points, max_points, score, passed, notebook (the first one found)."""
@@ -80,7 +135,7 @@ class GradeReport:
                 "pass_mark": registry.PASS_MARK, "seed": self.seed,
                 "modules": self.modules(),
                 "notebooks": [nb.to_json() for nb in self.notebooks],
-                "skipped": self.skipped}
+                "skipped": self.skipped, "skip_reasons": self.skip_reasons}
 
     def text(self) -> str:
         lines = []
@@ -99,7 +154,8 @@ class GradeReport:
                              f"({nb.score:.0%}; pass mark {registry.PASS_MARK:.0%}): {verdict}")
             lines.append("")
         for path in self.skipped:
-            lines.append(f"skipped (not an exercise notebook of a graded module): {path}")
+            reason = self.skip_reasons.get(path, "not an exercise notebook of a graded module")
+            lines.append(f"skipped ({reason}): {path}")
         modules = self.modules()
         if modules:
             lines.append("Summary: " + ", ".join(
@@ -147,6 +203,12 @@ def grade_notebook(path, limits: SandboxLimits = SandboxLimits(), seed: int | No
             plan.append((exercise, check, inputs, index))
             tasks.append({"task": len(tasks), "exercise": exercise.id, "inputs": inputs})
     sandbox = run_notebook(data, path.name, cells, tasks, limits)
+    if any("failed to start" in note for note in sandbox.notes) and not sandbox.cell_errors:
+        error = _grader_start_error(limits.memory_mb)
+        if error:
+            raise GraderError(f"the grading process could not start under --memory-mb "
+                              f"{limits.memory_mb} ({error}): the grader's error, not the "
+                              "learner's")
     for index, error in sorted(sandbox.cell_errors.items()):
         report.errors.append(f"cell {index}: {clean_text(error)}")
     report.errors.extend(sandbox.notes)
@@ -179,7 +241,9 @@ def grade_path(path, limits: SandboxLimits = SandboxLimits(), seed: int | None =
                modules=None) -> GradeReport:
     """Grade a notebook or every exercise notebook in a folder.
 
-    ValueError for a path that does not exist, is not a notebook, or holds none.
+    ValueError for a path that does not exist, is not a notebook, or holds none; for a
+    notebook given directly, also when it is corrupted or not an exercise notebook of this
+    course (`NotGradable`). GraderError when the grader cannot start under `limits`.
     """
     path = Path(path)
     if not path.exists():
@@ -189,30 +253,38 @@ def grade_path(path, limits: SandboxLimits = SandboxLimits(), seed: int | None =
     notebooks = find_notebooks(path)
     if not notebooks:
         raise ValueError(f"{path}: no notebooks (.ipynb) found")
+    check_limits(limits)
     seed = secrets.randbelow(2**31) if seed is None else seed
     report = GradeReport(notebooks=[], seed=seed)
+    graded = ", ".join(sorted(registry.NOTEBOOKS))
     for nb_path in notebooks:
         shown = str(nb_path)
         try:
             nb = load_notebook(nb_path.read_bytes(), nb_path.name)
         except NotebookError as exc:
             if path.is_file():
-                raise ValueError(str(exc)) from None
-            # A damaged exercise notebook must say so, not vanish into "skipped".
+                raise ValueError(f"{nb_path.name} is {CORRUPTED}: {exc}") from None
+            # A damaged notebook must say so, not vanish into "skipped".
             module = notebook_module({}, nb_path.name)
-            if registry.module_exercises(module or "") and (modules is None or module in modules):
-                report.notebooks.append(_ungraded(nb_path, shown, module, f"cannot be graded: {exc}"))
-            else:
+            if module in registry.NOTEBOOKS and (modules is None or module in modules):
+                report.notebooks.append(_ungraded(nb_path, shown, module,
+                                                  f"cannot be graded: {CORRUPTED} ({exc})"))
+            else:  # no module to report it under: listed as skipped, saying why
                 report.skipped.append(shown)
+                report.skip_reasons[shown] = f"{CORRUPTED}, not a readable notebook"
             continue
         module = notebook_module(nb, nb_path.name)
         if (not registry.module_exercises(module or "")
                 or (modules is not None and module not in modules)):
             if path.is_file():
-                report.notebooks.append(_ungraded(nb_path, shown, module,
-                                                  f"no graded exercises for module {module!r}"))
-            else:
-                report.skipped.append(shown)
+                meta = nb.get("metadata", {})
+                ours = isinstance(meta, dict) and isinstance(meta.get("bncourse"), dict)
+                what = (f"module {module!r} has no graded exercises" if ours or module
+                        else "it has no bncourse metadata and its name does not start with a "
+                             "lesson number: another course's notebook?")
+                raise NotGradable(f"{nb_path.name} is not an exercise notebook of this course "
+                                  f"({what}; graded modules: {graded})")
+            report.skipped.append(shown)
             continue
         report.notebooks.append(grade_notebook(nb_path, limits, seed, display_path=shown))
     return report

@@ -12,7 +12,8 @@ from bncourse.grading import assign
 from bncourse.grading.assign import out_of_date, strip_solutions
 from bncourse.grading.grade import grade_path
 
-from grading_helpers import EXERCISES, ROOT, SOLUTIONS, folder_hashes, write_notebook
+from grading_helpers import (EXERCISES, GOOD_STATS, ROOT, SOLUTIONS, folder_hashes,
+                             write_notebook)
 
 
 @pytest.fixture(scope="module")
@@ -86,16 +87,48 @@ def test_cli_exit_status(tmp_path, capsys):
     assert main(["grade", str(tmp_path / "missing.ipynb")]) == 2
     (tmp_path / "notes.txt").write_text("hello")
     assert main(["grade", str(tmp_path / "notes.txt")]) == 2
-    (tmp_path / "broken.ipynb").write_text("{not json")
-    assert main(["grade", str(tmp_path / "broken.ipynb")]) == 2
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["grade", str(empty)]) == 2
     assert "bncourse grade:" in capsys.readouterr().err
-    # A notebook of an ungraded module: graded (nothing to grade), exit 0.
-    write_notebook(tmp_path, "99_other.ipynb", ["x = 1"])
-    assert main(["grade", str(tmp_path / "99_other.ipynb")]) == 0
-    assert "no graded exercises" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("filename, metadata, message", [
+    ("99_other.ipynb", None, "module '99' has no graded exercises"),
+    ("homework.ipynb", None, "it has no bncourse metadata and its name does not start with a "
+                             "lesson number: another course's notebook?"),
+    ("01_why_normalize.ipynb", "01", "module '01' has no graded exercises"),
+])
+def test_another_courses_notebook_says_so_and_exits_non_zero(tmp_path, capsys, filename,
+                                                             metadata, message):
+    write_notebook(tmp_path, filename, ["x = 1"], module=metadata)
+    assert main(["grade", str(tmp_path / filename)]) == 2
+    err = capsys.readouterr().err
+    assert f"{filename} is not an exercise notebook of this course ({message}" in err
+    assert "graded modules: 02, 03" in err
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"cells": [', "{}", "\udcff"])
+def test_a_corrupted_notebook_is_reported_as_corrupted(tmp_path, capsys, content):
+    path = tmp_path / registry.NOTEBOOKS["03"]
+    path.write_bytes(content.encode("utf-8", "surrogateescape"))
+    assert main(["grade", str(path)]) == 2
+    assert f"{path.name} is corrupted:" in capsys.readouterr().err
+    report = grade_path(tmp_path, seed=0)  # in a folder: reported, not skipped
+    [nb] = report.notebooks
+    assert nb.module == "03" and nb.errors[0].startswith("cannot be graded: corrupted")
+    assert report.skipped == []
+
+
+def test_memory_too_small_for_the_grader_is_the_graders_error(tmp_path, capsys):
+    path = write_notebook(tmp_path, "02_forward_exercises.ipynb", [GOOD_STATS])
+    before = folder_hashes(tmp_path)
+    assert main(["grade", str(path), "--memory-mb", "300"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("bncourse grade: grader error: --memory-mb 300 is too small for the "
+                          "grader itself to start")
+    assert "not the learner's fault" in err
+    assert folder_hashes(tmp_path) == before
 
 
 def test_cli_grades_a_failing_notebook_with_status_0_and_json(tmp_path):
@@ -114,14 +147,18 @@ def test_cli_grades_a_failing_notebook_with_status_0_and_json(tmp_path):
 
 def test_a_damaged_exercise_notebook_in_a_folder_is_reported_not_skipped(tmp_path):
     (tmp_path / registry.NOTEBOOKS["03"]).write_text('{"cells": [')  # truncated JSON
-    (tmp_path / "notes.ipynb").write_text("{}")  # no module: skipped
+    (tmp_path / "notes.ipynb").write_text("{}")  # no module, and no cells: corrupted too
+    write_notebook(tmp_path, "99_mine.ipynb", ["x = 1"])  # another notebook: skipped
     report = grade_path(tmp_path, seed=0)
     [damaged] = report.notebooks
     assert damaged.module == "03" and damaged.max_points == 0
-    assert damaged.errors and damaged.errors[0].startswith("cannot be graded:")
+    assert damaged.errors and damaged.errors[0].startswith("cannot be graded: corrupted")
     assert "03" not in report.modules()
-    assert "cannot be graded" in report.text()
-    assert [p.endswith("notes.ipynb") for p in report.skipped] == [True]
+    text = report.text()
+    assert "cannot be graded: corrupted" in text
+    assert [p.rsplit("/", 1)[-1] for p in report.skipped] == ["99_mine.ipynb", "notes.ipynb"]
+    assert "skipped (corrupted, not a readable notebook): " in text
+    assert "skipped (not an exercise notebook of a graded module): " in text
 
 
 def test_assign_only_regenerates_the_matching_solutions(tmp_path):
@@ -129,3 +166,31 @@ def test_assign_only_regenerates_the_matching_solutions(tmp_path):
     assert [p.name for p in written] == ["03_backward_exercises.ipynb"]
     with pytest.raises(ValueError, match="no notebook matches '99_\\*'"):
         assign.generate(SOLUTIONS, tmp_path, execute=False, only="99_*")
+
+
+def test_assign_never_overwrites_a_learners_filled_in_exercise(tmp_path, capsys):
+    [target] = assign.generate(SOLUTIONS, tmp_path, execute=False, only="03_*")
+    assign.generate(SOLUTIONS, tmp_path, execute=False, only="03_*")  # untouched: regenerated
+    nb = json.loads(target.read_text())
+    stub = assign.STUB[1]
+    cell = next(c for c in nb["cells"] if stub in "".join(c["source"]))
+    cell["source"] = "".join(cell["source"]).replace(stub, "return 42")
+    target.write_text(json.dumps(nb))
+    learner = target.read_bytes()
+    with pytest.raises(ValueError, match="not overwriting exercises a learner has filled in"):
+        assign.generate(SOLUTIONS, tmp_path, execute=False, only="03_*")
+    assert target.read_bytes() == learner
+    assert main(["assign", "--solutions", str(SOLUTIONS), "--exercises", str(tmp_path),
+                 "--no-execute"]) == 2
+    assert "use --force" in capsys.readouterr().err and target.read_bytes() == learner
+    assign.generate(SOLUTIONS, tmp_path, execute=False, only="03_*", force=True)
+    assert (tmp_path / (target.name + ".bak")).read_bytes() == learner
+    assert target.read_bytes() != learner
+
+
+def test_filled_in_is_false_for_an_authors_stale_stubs():
+    generated = {"cells": [{"cell_type": "code", "source": "def f():\n    " + assign.STUB[1]}]}
+    stale = {"cells": [{"cell_type": "code", "source": "def g():\n    " + assign.STUB[1]}]}
+    learner = {"cells": [{"cell_type": "code", "source": "def f():\n    return 1"}]}
+    assert not assign.filled_in(stale, generated) and not assign.filled_in(generated, generated)
+    assert assign.filled_in(learner, generated)
