@@ -158,6 +158,8 @@ def build_book(root, out, jobs: int = 1) -> BookBuild:
         if app.statuscode:
             raise RuntimeError(f"Sphinx failed:\n{warnings.getvalue()}")
     (out / ".buildinfo").unlink(missing_ok=True)
+    for template in (out / "_static").glob("*macros.html"):  # the themes' Jinja macros, unused
+        template.unlink()
     (out / ".nojekyll").write_text("")  # GitHub Pages: serve _static/ as is
     lines = [line for line in warnings.getvalue().splitlines() if line.strip()]
     return BookBuild(out, pages, time.perf_counter() - start, lines)
