@@ -34,7 +34,10 @@ CHROMIUM = Path("/usr/bin/chromium")
 # reach the outside, which this closed network refuses.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-BUILD_SECONDS = 30  # the budget for ~14 notebooks; about 9 s measured for 18 here
+# The budget for ~14 notebooks, on this process's CPU time: the wall clock also counts
+# whatever else the 2 cores are doing (4.3 s wall for 18 notebooks on a quiet machine, up to
+# 29 s with other builds running beside it).
+BUILD_CPU_SECONDS = 30
 
 LESSONS = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
 EXERCISES = sorted(p.stem for p in (ROOT / "exercises").glob("*.ipynb"))
@@ -95,7 +98,8 @@ def pages(book):
 # --- the build --------------------------------------------------------------------------------
 
 def test_build_is_fast_and_clean(book):
-    assert book.seconds < BUILD_SECONDS, f"build took {book.seconds:.1f} s"
+    assert book.cpu_seconds < BUILD_CPU_SECONDS, (
+        f"build took {book.cpu_seconds:.1f} s CPU ({book.seconds:.1f} s wall)")
     assert book.warnings == [], "Sphinx warned:\n" + "\n".join(book.warnings)
     assert book.index.is_file()
     assert (book.out / ".nojekyll").is_file(), "GitHub Pages would hide _static/ without it"

@@ -27,12 +27,14 @@ BOOK_SUBDIRS = ("notebooks", "exercises")  # never solutions/
 @dataclass
 class BookBuild:
     """What `build_book` made: the site folder, its pages (source names without suffix, e.g.
-    "notebooks/02_forward"), Sphinx's warnings and the build time in seconds."""
+    "notebooks/02_forward"), the build time in seconds (wall clock, and this process's CPU time,
+    which other load on the machine does not inflate) and Sphinx's warnings."""
 
     out: Path
     pages: list[str]
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    cpu_seconds: float | None = None
 
     @property
     def index(self) -> Path:
@@ -144,7 +146,7 @@ def build_book(root, out, jobs: int = 1) -> BookBuild:
     from bncourse.book.mathjax import mathjax_source
 
     mathjax_source()  # fail before building when MathJax is missing
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     if out.exists():
         shutil.rmtree(out)
     warnings = io.StringIO()
@@ -162,4 +164,5 @@ def build_book(root, out, jobs: int = 1) -> BookBuild:
         template.unlink()
     (out / ".nojekyll").write_text("")  # GitHub Pages: serve _static/ as is
     lines = [line for line in warnings.getvalue().splitlines() if line.strip()]
-    return BookBuild(out, pages, time.perf_counter() - start, lines)
+    return BookBuild(out, pages, time.perf_counter() - start, lines,
+                     time.process_time() - start_cpu)

@@ -25,7 +25,8 @@ def _cmd_book(args) -> int:
         return 2
     for line in book.warnings:
         print(line, file=sys.stderr)
-    print(f"Built {len(book.pages)} pages in {book.seconds:.1f} s "
+    cpu = f", {book.cpu_seconds:.1f} s CPU" if book.cpu_seconds is not None else ""
+    print(f"Built {len(book.pages)} pages in {book.seconds:.1f} s{cpu} "
           f"({site_size(book.out) / 1e6:.1f} MB), {len(book.warnings)} warning(s).")
     print(f"Open {book.index} in a browser; the folder can be published as is "
           "(e.g. on GitHub Pages).")
