@@ -28,7 +28,8 @@ BOOK_SUBDIRS = ("notebooks", "exercises")  # never solutions/
 class BookBuild:
     """What `build_book` made: the site folder, its pages (source names without suffix, e.g.
     "notebooks/02_forward"), the build time in seconds (wall clock, and this process's CPU time,
-    which other load on the machine does not inflate) and Sphinx's warnings."""
+    which other load on the machine does not inflate; with `jobs` > 1 it leaves out the worker
+    processes) and Sphinx's warnings."""
 
     out: Path
     pages: list[str]
