@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     from bncourse.grading.cli import register as register_grading
 
     register_grading(sub)
+    from bncourse.book.cli import register as register_book
+
+    register_book(sub)
     return parser
 
 
