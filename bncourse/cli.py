@@ -5,6 +5,7 @@
     bncourse grade PATH     grade exercise notebooks (see `bncourse grade --help`)
     bncourse certificate    grade every module and issue a certificate
     bncourse verify RECORD  re-grade and check a certificate record
+    bncourse book [--out DIR]  build the course as a static website
 """
 from __future__ import annotations
 
