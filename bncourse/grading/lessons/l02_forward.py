@@ -8,6 +8,7 @@ import numpy as np
 
 from bncourse.grading.checks import Check, Exercise, array_mismatch, as_array, unpack
 from bncourse.grading.lessons._common import IMPLEMENT_BN_FORBIDDEN, _axes, _per_channel
+from bncourse.grading.drivers.l02_forward import (_run_batch_statistics, _run_batchnorm_forward)  # noqa: F401
 
 __all__ = ["EXERCISES"]
 
@@ -36,13 +37,6 @@ def _reference_batch_statistics():
         return x.mean(axis=axes), x.var(axis=axes)
 
     return batch_statistics
-
-
-def _run_batch_statistics(fn, inputs):
-    x = inputs["x"].copy()
-    mean, var = unpack(fn(x), ("mean", "var"), "batch_statistics")
-    return {"mean": as_array(mean, "mean"), "var": as_array(var, "var"),
-            "x_unchanged": bool(np.array_equal(x, inputs["x"]))}
 
 
 def _stat_shape_hints(x):
@@ -86,7 +80,7 @@ def _x_inputs(shape, dtype=np.float64):
 
 
 BATCH_STATISTICS = Exercise(
-    module="02", name="batch_statistics", kind="function",
+    module="02", name="batch_statistics", implements_bn=True, kind="function",
     run=_run_batch_statistics, reference=_reference_batch_statistics,
     forbidden=IMPLEMENT_BN_FORBIDDEN,
     checks=(
@@ -104,14 +98,6 @@ def _reference_batchnorm_forward():
     from bncourse.reference import batchnorm_forward
 
     return batchnorm_forward
-
-
-def _run_batchnorm_forward(fn, inputs):
-    x = inputs["x"].copy()
-    kwargs = {"eps": inputs["eps"]} if inputs["eps"] != 1e-5 else {}
-    out, _cache = unpack(fn(x, inputs["gamma"].copy(), inputs["beta"].copy(), **kwargs),
-                         ("out", "cache"), "batchnorm_forward")
-    return {"out": as_array(out, "out"), "x_unchanged": bool(np.array_equal(x, inputs["x"]))}
 
 
 def _compare_batchnorm_forward(got, expected, inputs):
@@ -162,7 +148,7 @@ def _forward_inputs(shape, dtype=np.float64, affine=True, eps=1e-5):
 
 
 BATCHNORM_FORWARD = Exercise(
-    module="02", name="batchnorm_forward", kind="function",
+    module="02", name="batchnorm_forward", implements_bn=True, kind="function",
     run=_run_batchnorm_forward, reference=_reference_batchnorm_forward,
     forbidden=IMPLEMENT_BN_FORBIDDEN,
     checks=(

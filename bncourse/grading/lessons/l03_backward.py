@@ -9,6 +9,7 @@ import numpy as np
 
 from bncourse.grading.checks import Check, Exercise, array_mismatch, as_array, unpack
 from bncourse.grading.lessons._common import IMPLEMENT_BN_FORBIDDEN, _axes, _per_channel
+from bncourse.grading.drivers.l03_backward import (test_function, _run_numerical_gradient, _run_batchnorm_backward)  # noqa: F401
 
 __all__ = ["EXERCISES", "test_function"]
 
@@ -18,14 +19,6 @@ REQUIRED = True  # for the certificate
 
 
 # --- numerical_gradient -------------------------------------------------------------------
-
-def test_function(a: np.ndarray, b: np.ndarray):
-    """f(x) = sum(a * x**3 + b * sin(x)): smooth, with curvature everywhere (so a forward
-    difference or an ignored `h` shows)."""
-    def f(x):
-        return float(np.sum(a * x**3 + b * np.sin(x)))
-    return f
-
 
 def _centred_difference(f, x, h=1e-5):
     x = np.array(x, dtype=np.float64)
@@ -55,14 +48,6 @@ def _forward_difference(f, x, h=1e-5):
 
 def _reference_numerical_gradient():
     return _centred_difference
-
-
-def _run_numerical_gradient(fn, inputs):
-    f = test_function(inputs["a"], inputs["b"])
-    x = inputs["x"].copy()
-    args = (f, x) if inputs["h"] is None else (f, x, inputs["h"])
-    grad = as_array(fn(*args), "the gradient")
-    return {"grad": grad, "x_after": x}
 
 
 def _compare_numerical_gradient(got, expected, inputs):
@@ -121,15 +106,6 @@ def _reference_batchnorm_backward():
     return backward
 
 
-def _run_batchnorm_backward(fn, inputs):
-    x, dout, gamma = inputs["x"].copy(), inputs["dout"].copy(), inputs["gamma"].copy()
-    kwargs = {"eps": inputs["eps"]} if inputs["eps"] != 1e-5 else {}
-    dx, dgamma, dbeta = unpack(fn(dout, x, gamma, **kwargs), ("dx", "dgamma", "dbeta"),
-                               "batchnorm_backward")
-    return {"dx": as_array(dx, "dx"), "dgamma": as_array(dgamma, "dgamma"),
-            "dbeta": as_array(dbeta, "dbeta")}
-
-
 def _compare_backward(parts):
     def compare(got, expected, inputs):
         x, dout, gamma, eps = inputs["x"], inputs["dout"], inputs["gamma"], inputs["eps"]
@@ -176,7 +152,7 @@ def _backward_inputs(shape, dtype=np.float64, eps=1e-5):
 
 ALL = ("dx", "dgamma", "dbeta")
 BATCHNORM_BACKWARD = Exercise(
-    module="03", name="batchnorm_backward", kind="function",
+    module="03", name="batchnorm_backward", implements_bn=True, kind="function",
     run=_run_batchnorm_backward, reference=_reference_batchnorm_backward,
     forbidden=IMPLEMENT_BN_FORBIDDEN,
     checks=(
