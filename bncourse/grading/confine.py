@@ -264,8 +264,25 @@ def confine(*, read_roots=(), write_roots=(), hidden=(), visible=(), memory_mb=N
 
     read_roots: folders (or files) that may be read; hidden: paths below them that may not be
     (but for `visible` entries inside them); write_roots: the only folders written to.
-    Returns what was applied, for the report.
+    Returns what was applied, for the report. ValueError/TypeError for a bad argument (checked
+    before anything is applied).
     """
+    for name, value in (("memory_mb", memory_mb), ("cpu_seconds", cpu_seconds),
+                        ("file_bytes", file_bytes), ("processes", processes)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                isinstance(value, float) and not value.is_integer()):
+            raise TypeError(f"{name} must be a positive integer or None, got {value!r}")
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value!r}")
+    for name, paths in (("read_roots", read_roots), ("write_roots", write_roots),
+                        ("hidden", hidden), ("visible", visible)):
+        if isinstance(paths, (str, bytes)) or not all(isinstance(p, (str, os.PathLike))
+                                                      for p in paths):
+            raise TypeError(f"{name} must be a list of paths, got {paths!r}")
+    read_roots, write_roots = [os.fspath(p) for p in read_roots], [os.fspath(p) for p in write_roots]
+    hidden, visible = [os.fspath(p) for p in hidden], [os.fspath(p) for p in visible]
     done = ConfineResult()
     applied = _rlimits(memory_mb, cpu_seconds, file_bytes, processes)
     done["rlimits"] = ", ".join(applied) if applied else False
