@@ -54,7 +54,8 @@ PACKAGE = Path(__file__).resolve().parents[1]  # the bncourse package folder
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    timeout: float = 10.0  # wall seconds per notebook cell and per check
+    timeout: float = 20.0  # wall seconds per notebook cell and per check
+    check_budget: float = 45.0  # wall seconds for all checks of a notebook (a hang in each)
     memory_mb: int = 4096  # address space of the learner's process
     output_bytes: int = 1 * 2**20  # what the learner's code may print (the rest is dropped)
     file_bytes: int = 64 * 2**20  # largest file the learner's code may write
@@ -77,6 +78,7 @@ class SandboxOutcome:
     notebook_copy_changed: bool = False
     protections: dict = field(default_factory=dict)
     protocol_error: str | None = None
+    budget: dict = field(default_factory=dict, repr=False)  # {"left": seconds} of check_budget
 
 
 class _ProtocolError(Exception):
@@ -171,6 +173,7 @@ class _Conversation:
         self.tasks = list(tasks)
         self.on_cell_done, self.on_answer, self.on_ready = on_cell_done, on_answer, on_ready
         self.phase, self.position, self.cell, self.pending = "ready", 0, None, None
+        self.sent_at = None
 
     def receive(self, event) -> None:
         kind = event.get("event")
@@ -205,6 +208,7 @@ class _Conversation:
             return None
         task = self.tasks.pop(0)
         self.pending = (task, secrets.token_hex(16))
+        self.sent_at = time.monotonic()
         return task
 
 
@@ -253,6 +257,7 @@ def _run_child(workdir: Path, mode: str, cells, tasks, limits: SandboxLimits, ou
             outcome.cell_errors.setdefault(index, str(error)[:400])
 
     def on_answer(task, result):
+        outcome.budget["left"] -= time.monotonic() - conversation.sent_at
         outcome.task_outcomes[task["task"]] = result if isinstance(result, dict) \
             else {"status": "error", "message": "malformed result"}
         state["done"].add(task["task"])
@@ -279,7 +284,15 @@ def _run_child(workdir: Path, mode: str, cells, tasks, limits: SandboxLimits, ou
         while ended is None:
             state["cell"], state["task"] = conversation.cell, \
                 (conversation.pending[0]["task"] if conversation.pending else None)
+            state["sent_at"] = conversation.sent_at if conversation.pending else None
             if conversation.phase == "tasks" and conversation.pending is None and not finishing:
+                if outcome.budget["left"] < 0.5:  # the checks ran out of their budget
+                    for t in conversation.tasks:
+                        if t["task"] not in skip:
+                            skip.add(t["task"])
+                            outcome.task_outcomes[t["task"]] = {
+                                "status": "error", "message": "skipped: the checks of this "
+                                f"notebook used up their {limits.check_budget:g} s"}
                 task = conversation.next_request(skip)
                 if task is None:
                     write({"request": None})
@@ -287,11 +300,13 @@ def _run_child(workdir: Path, mode: str, cells, tasks, limits: SandboxLimits, ou
                     deadline = time.monotonic() + 5
                 else:
                     exercise = registry.get(task["exercise"])
+                    seconds = max(0.5, min(limits.timeout, outcome.budget["left"]))
                     write({"request": task["task"], "nonce": conversation.pending[1],
+                           "timeout": seconds,
                            "driver": f"{exercise.run.__module__}:{exercise.run.__name__}",
                            "name": exercise.name, "kind": exercise.kind,
                            "inputs": base64.b64encode(pickle.dumps(task["inputs"])).decode()})
-                    deadline = time.monotonic() + limits.timeout + GRACE_SECONDS
+                    deadline = time.monotonic() + seconds + GRACE_SECONDS
                 state["task"] = conversation.pending[0]["task"] if conversation.pending else None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -324,6 +339,8 @@ def _run_child(workdir: Path, mode: str, cells, tasks, limits: SandboxLimits, ou
                     break
                 deadline = time.monotonic() + (STARTUP_SECONDS if was_ready
                                                else limits.timeout + GRACE_SECONDS)
+                if conversation.pending is not None:  # a request is out: its own limit
+                    deadline = conversation.sent_at + seconds + GRACE_SECONDS
         if ended is None:
             if finishing:
                 ended = ("end", None)
@@ -381,6 +398,8 @@ def _run_mode(workdir, mode, cells, tasks, limits, outcome):
             outcome.cell_errors[state["cell"]] = reason
             skip_cells.add(state["cell"])
         elif state["task"] is not None:
+            if state.get("sent_at") is not None:
+                outcome.budget["left"] -= time.monotonic() - state["sent_at"]
             outcome.task_outcomes[state["task"]] = {"status": "error", "message": reason}
             hung = next(t for t in tasks if t["task"] == state["task"])
             remaining = [t for t in remaining if t["task"] != state["task"]]
@@ -410,7 +429,8 @@ def run_notebook(notebook_bytes: bytes, notebook_name: str, cells, tasks,
     restart after a crash. One child per mode (`child_mode`) the module's exercises need."""
     from bncourse.grading import registry
 
-    outcome = SandboxOutcome(task_outcomes=[None] * len(tasks))
+    outcome = SandboxOutcome(task_outcomes=[None] * len(tasks),
+                             budget={"left": limits.check_budget})
     groups: dict[str, list] = {}
     for task in tasks:
         groups.setdefault(child_mode(registry.get(task["exercise"])), []).append(task)

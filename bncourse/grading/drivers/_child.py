@@ -219,7 +219,8 @@ def main(in_fd: int, out_fd: int) -> None:
         module_name, function = request["driver"].split(":")
         run = getattr(drivers[module_name], function)
         outcome = call_driver(run, namespace.get(request["name"]), request["name"],
-                              request["kind"], inputs, job["timeout"], recorder)
+                              request["kind"], inputs, request.get("timeout", job["timeout"]),
+                              recorder)
         if outcome["status"] == "ok":
             try:
                 outcome["result"] = encode(outcome["result"])
