@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 __all__ = ["NotebookError", "load_notebook", "notebook_module", "code_cells",
-           "forbidden_uses", "forbidden_uses_in_source"]
+           "forbidden_uses", "forbidden_uses_in_source", "evasions"]
 
 
 class NotebookError(ValueError):
@@ -141,10 +141,59 @@ def forbidden_uses_in_source(source: str, name: str, forbidden, aliases=None) ->
     return list(dict.fromkeys(found))
 
 
+# Reaching into the grader's frames or objects, or running code built at run time: no exercise
+# needs them, and they are how a submission would look for the grader's inputs or references.
+_INTROSPECTION = {"_getframe": "frame introspection (sys._getframe)",
+                  "currentframe": "frame introspection (inspect.currentframe)",
+                  "stack": None, "f_back": "frame introspection (f_back)",
+                  "f_locals": "frame introspection (f_locals)",
+                  "f_globals": "frame introspection (f_globals)",
+                  "tb_frame": "frame introspection (tb_frame)",
+                  "gi_frame": "frame introspection (gi_frame)",
+                  "get_referrers": "object introspection (gc.get_referrers)",
+                  "get_objects": "object introspection (gc.get_objects)",
+                  "spec_from_file_location": "loading code from a file "
+                                             "(importlib.util.spec_from_file_location)",
+                  "SourceFileLoader": "loading code from a file (SourceFileLoader)"}
+_BUILT_CODE = {"exec": "exec of a built string", "eval": "eval of a built string",
+               "compile": "compile of a built string", "__import__": "an import of a computed name",
+               "import_module": "an import of a computed name (importlib.import_module)"}
+
+
+def evasions(cells: list[tuple[int, str]]) -> list[str]:
+    """What in the notebook's code reaches around the static checks: frame or object
+    introspection, `exec`/`eval`/`compile` of a non-literal string, imports of computed names."""
+    found = []
+    for _, source in cells:
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and _INTROSPECTION.get(node.attr):
+                found.append(_INTROSPECTION[node.attr])
+            elif (isinstance(node, ast.Attribute) and node.attr == "stack"
+                  and isinstance(node.value, ast.Name) and node.value.id == "inspect"):
+                found.append("frame introspection (inspect.stack)")
+            elif isinstance(node, ast.Call):
+                func = node.func
+                called = func.id if isinstance(func, ast.Name) else (
+                    func.attr if isinstance(func, ast.Attribute) else None)
+                if called in _BUILT_CODE and not (
+                        node.args and isinstance(node.args[0], ast.Constant)):
+                    if called in ("exec", "eval", "compile", "__import__") and not isinstance(
+                            func, ast.Name):
+                        continue  # model.eval() and the like
+                    found.append(_BUILT_CODE[called])
+    return list(dict.fromkeys(found))
+
+
 def forbidden_uses(cells: list[tuple[int, str]], name: str, forbidden) -> list[str]:
-    """Forbidden names used by the (last) definition of `name` in the notebook's code cells."""
+    """Forbidden names used by the (last) definition of `name` in the notebook's code cells,
+    and, for an exercise with forbidden names, any evasion anywhere in the notebook."""
     if not forbidden:
         return []
+    evaded = evasions(cells)
     aliases = {}
     for _, source in cells:
         try:
@@ -156,7 +205,7 @@ def forbidden_uses(cells: list[tuple[int, str]], name: str, forbidden) -> list[s
         uses = forbidden_uses_in_source(source, name, forbidden, aliases)
         if uses or _defines(source, name):
             found = uses  # a later definition replaces an earlier one
-    return found
+    return list(dict.fromkeys(evaded + found))
 
 
 def _defines(source: str, name: str) -> bool:

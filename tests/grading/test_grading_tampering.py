@@ -16,8 +16,12 @@ def test_printing_megabytes_is_capped_and_graded(tmp_path):
 
 
 def test_monkeypatching_the_grader_or_reference_changes_nothing(tmp_path):
+    blocked = "import bncourse.reference, bncourse.grading.checks, bncourse.grading.results"
     cheat = '''
-import bncourse.reference, bncourse.grading.checks, bncourse.grading.results
+import sys, types
+bncourse.reference = types.SimpleNamespace()
+bncourse.grading = types.SimpleNamespace(checks=types.SimpleNamespace(),
+                                         results=types.SimpleNamespace())
 bncourse.reference.batchnorm_forward = lambda x, g, b, eps=1e-5: (np.zeros_like(x), None)
 bncourse.grading.checks.array_mismatch = lambda *args, **kwargs: None
 bncourse.grading.results.evaluate = lambda *args, **kwargs: None
@@ -30,9 +34,11 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5):
 def batch_statistics(x):
     return np.zeros(x.shape[1]), np.zeros(x.shape[1])
 '''
-    path = write_notebook(tmp_path, "02_forward_exercises.ipynb", [SETUP, cheat])
+    path = write_notebook(tmp_path, "02_forward_exercises.ipynb", [SETUP, blocked, cheat])
     report = grade_notebook(path, LIMITS, seed=5)
     assert report.points == 0
+    # The grader's code is not even importable in the learner's process.
+    assert any("cannot be imported while grading" in e for e in report.errors), report.errors
     assert all("differs" in c.message for e in report.exercises for c in e.checks)
 
 

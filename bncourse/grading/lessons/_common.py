@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bncourse.grading.checks import SubmissionError
+from bncourse.grading.drivers._contract import tensor_attribute  # noqa: F401 (re-exported)
 
 __all__ = ["IMPLEMENT_BN_FORBIDDEN", "tensor_attribute"]
 
@@ -29,15 +29,3 @@ def _axes(ndim: int) -> tuple[int, ...]:
 
 def _per_channel(v, ndim):
     return np.asarray(v).reshape((1, -1) + (1,) * (ndim - 2))
-
-
-def tensor_attribute(module, name):
-    """`module.<name>` when it is a tensor (a parameter or buffer the exercise asks for), else
-    SubmissionError naming it."""
-    import torch
-
-    value = getattr(module, name, None)
-    if not isinstance(value, torch.Tensor):
-        raise SubmissionError(f"the module has no tensor attribute `{name}` (got "
-                              f"{type(value).__name__})")
-    return value

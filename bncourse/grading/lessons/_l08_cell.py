@@ -172,7 +172,7 @@ def _step_inputs(rng):
 
 
 STEP = Exercise(
-    module="08", name="bn_lstm_step", kind="function",
+    uses_course_layers=True, module="08", name="bn_lstm_step", kind="function",
     run=_run_step, reference=_reference_step,
     forbidden=_PACKAGE_CELL,
     checks=(
@@ -248,7 +248,7 @@ def _prediction_inputs(key):
 
 
 PREDICTIONS = Exercise(
-    module="08", name="predictions", kind="function",
+    uses_course_layers=True, module="08", name="predictions", kind="function",
     run=_run_predictions, reference=_reference_predictions,
     checks=tuple(Check(question, _prediction_inputs(key), _compare_prediction)
                  for key, question in QUESTIONS.items()),

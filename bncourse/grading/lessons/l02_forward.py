@@ -88,7 +88,7 @@ def _x_inputs(shape, dtype=np.float64, axis=1):
 
 
 BATCH_STATISTICS = Exercise(
-    module="02", name="batch_statistics", kind="function",
+    module="02", name="batch_statistics", implements_bn=True, kind="function",
     run=run_batch_statistics, reference=lambda: reference_batch_statistics,
     forbidden=IMPLEMENT_BN_FORBIDDEN,
     checks=(
@@ -162,7 +162,7 @@ def _forward_inputs(shape, dtype=np.float64, affine=True, eps=1e-5, axis=1):
 
 
 BATCHNORM_FORWARD = Exercise(
-    module="02", name="batchnorm_forward", kind="function",
+    module="02", name="batchnorm_forward", implements_bn=True, kind="function",
     run=run_batchnorm_forward, reference=lambda: reference_batchnorm_forward,
     forbidden=IMPLEMENT_BN_FORBIDDEN,
     checks=(
@@ -179,7 +179,7 @@ BATCHNORM_FORWARD = Exercise(
 )
 
 BATCHNORM_FORWARD_AXIS = Exercise(
-    module="02", name="batchnorm_forward_axis", kind="function",
+    module="02", name="batchnorm_forward_axis", implements_bn=True, kind="function",
     run=run_batchnorm_forward_axis, reference=lambda: reference_batchnorm_forward_axis,
     forbidden=IMPLEMENT_BN_FORBIDDEN,
     checks=(

@@ -271,7 +271,7 @@ def _backward_inputs(shape, dtype=np.float64, eps=1e-5, loc_scale=2.0, spread=(0
 
 
 BATCHNORM_BACKWARD = Exercise(
-    module="03", name="batchnorm_backward", kind="function",
+    module="03", name="batchnorm_backward", implements_bn=True, kind="function",
     run=run_batchnorm_backward, reference=lambda: reference_batchnorm_backward,
     forbidden=IMPLEMENT_BN_FORBIDDEN,
     checks=(

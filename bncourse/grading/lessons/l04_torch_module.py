@@ -210,7 +210,7 @@ def _compare_cnn(got, expected, inputs):
 
 
 BATCHNORM1D = Exercise(
-    module="04", name="BatchNorm1d", kind="class",
+    module="04", name="BatchNorm1d", implements_bn=True, kind="class",
     run=run_batchnorm1d, reference=_reference_batchnorm1d,
     forbidden=IMPLEMENT_BN_FORBIDDEN,
     checks=(
@@ -326,7 +326,7 @@ def _function_inputs(part, shape=(4, 3, 2, 2), eps=1e-5):
 
 
 BATCHNORM_FUNCTION = Exercise(
-    module="04", name="BatchNormFunction", kind="class",
+    module="04", name="BatchNormFunction", implements_bn=True, kind="class",
     run=run_function, reference=_reference_function, forbidden=IMPLEMENT_BN_FORBIDDEN,
     checks=(
         Check("forward: (y, mean, var) for (N, C, H, W)", _function_inputs("forward"),

@@ -78,7 +78,7 @@ def _eval_inputs(shape, dtype=np.float64, eps=1e-5):
 
 
 BATCHNORM_EVAL = Exercise(
-    module="05", name="batchnorm_eval", kind="function",
+    module="05", name="batchnorm_eval", implements_bn=True, kind="function",
     run=run_batchnorm_eval, reference=_reference_batchnorm_eval,
     forbidden=IMPLEMENT_BN_FORBIDDEN,
     checks=(

@@ -12,6 +12,7 @@ __all__ = ["EXERCISES", "reference_inception_block", "reference_answers", "TRAIN
 
 MODULE = "06"
 NOTEBOOK = "06_case_image_exercises.ipynb"
+USES_COURSE_LAYERS = True  # may import bncourse.nn, models (sandbox: not sealed)
 REQUIRED = True  # for the certificate
 
 # The lesson's simplified block and CNN would skip the exercise.
@@ -220,7 +221,7 @@ WIDTHS_A = (5, 3, 6, 2, 4, 7)
 WIDTHS_B = (4, 2, 3, 3, 5, 6)
 
 INCEPTION_BLOCK = Exercise(
-    module="06", name="inception_block", kind="function",
+    uses_course_layers=True, module="06", name="inception_block", kind="function",
     run=_run_block, reference=lambda: reference_inception_block,
     forbidden=BLOCK_FORBIDDEN,
     checks=(
@@ -281,7 +282,7 @@ def _answer_inputs(key):
 
 
 ANSWERS = Exercise(
-    module="06", name="answers", kind="function",
+    uses_course_layers=True, module="06", name="answers", kind="function",
     run=_run_answers, reference=lambda: reference_answers,
     checks=tuple(Check(f"prediction: {key}", _answer_inputs(key), _compare_answer)
                  for key in QUESTIONS),

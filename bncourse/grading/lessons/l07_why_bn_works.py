@@ -14,6 +14,7 @@ __all__ = ["EXERCISES", "reference_santurkar_noise", "reference_angular_update",
 
 MODULE = "07"
 NOTEBOOK = "07_why_bn_works_exercises.ipynb"
+USES_COURSE_LAYERS = True  # may import bncourse.nn, models (sandbox: not sealed)
 REQUIRED = True  # for the certificate
 
 NOISE_FORBIDDEN = ("bncourse.cases.smoothness.NoisyBatchNorm1d.draw",
@@ -90,7 +91,7 @@ def _noise_inputs(n, c, dtype=np.float64):
 
 
 SANTURKAR_NOISE = Exercise(
-    module="07", name="santurkar_noise", kind="function",
+    uses_course_layers=True, module="07", name="santurkar_noise", kind="function",
     run=_run_noise, reference=lambda: reference_santurkar_noise, forbidden=NOISE_FORBIDDEN,
     checks=(
         Check("(N, C) = (16, 5) float64", _noise_inputs(16, 5), _compare_noise),
@@ -156,7 +157,7 @@ def _angular_inputs(out_f, in_f, step=0.3, rescale_row=False):
 
 
 ANGULAR_UPDATE = Exercise(
-    module="07", name="angular_update", kind="function",
+    uses_course_layers=True, module="07", name="angular_update", kind="function",
     run=_run_angular, reference=lambda: reference_angular_update,
     checks=(
         Check("a (6, 10) weight", _angular_inputs(6, 10), _compare_angular),
@@ -222,7 +223,7 @@ def _equilibrium_inputs(lr, wd, G):
 
 
 EQUILIBRIUM = Exercise(
-    module="07", name="equilibrium", kind="function",
+    uses_course_layers=True, module="07", name="equilibrium", kind="function",
     run=_run_equilibrium, reference=lambda: reference_equilibrium,
     forbidden=EQUILIBRIUM_FORBIDDEN,
     checks=(
@@ -288,7 +289,7 @@ def _compare_answer(got, expected, inputs):
 
 
 UNDERSTANDING = Exercise(
-    module="07", name="understanding", kind="function",
+    uses_course_layers=True, module="07", name="understanding", kind="function",
     run=_run_answers, reference=lambda: reference_understanding,
     checks=tuple(Check(f"prediction: {key}", (lambda k: lambda rng: {"key": k})(key),
                        _compare_answer) for key in QUESTIONS),

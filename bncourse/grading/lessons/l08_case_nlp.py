@@ -17,6 +17,7 @@ __all__ = ["EXERCISES"]
 
 MODULE = "08"
 NOTEBOOK = "08_case_nlp_exercises.ipynb"
+USES_COURSE_LAYERS = True  # may import bncourse.nn, models (sandbox: not sealed)
 REQUIRED = True  # for the certificate
 
 TOL = dict(rtol=1e-4, atol=2e-5)
@@ -249,7 +250,7 @@ def _norm_inputs(part, custom=False):
 
 
 PER_STEP = Exercise(
-    module="08", name="PerStepBatchNorm", kind="class",
+    uses_course_layers=True, module="08", name="PerStepBatchNorm", kind="class",
     run=_run_norm, reference=_reference_norm,
     forbidden=IMPLEMENT_BN_FORBIDDEN + _PACKAGE_NORM,
     checks=(

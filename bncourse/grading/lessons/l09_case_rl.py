@@ -18,6 +18,7 @@ __all__ = ["EXERCISES", "reference_act", "reference_dqn_target", "reference_crit
 
 MODULE = "09"
 NOTEBOOK = "09_case_rl_exercises.ipynb"
+USES_COURSE_LAYERS = True  # may import bncourse.nn, models (sandbox: not sealed)
 REQUIRED = True  # for the certificate
 
 FORBIDDEN = tuple(f"bncourse.cases.rl.{name}" for name in (
@@ -94,7 +95,7 @@ def _compare_act_modes(got, expected, inputs):
 
 
 ACT = Exercise(
-    module="09", name="act", kind="function", run=_run_act,
+    uses_course_layers=True, module="09", name="act", kind="function", run=_run_act,
     reference=lambda: reference_act, forbidden=FORBIDDEN,
     checks=(Check("greedy actions of the eval-mode network, one state at a time", _act_inputs,
                   _compare_act),
@@ -170,7 +171,7 @@ def _compare_target(got, expected, inputs):
 
 
 DQN_TARGET = Exercise(
-    module="09", name="dqn_target", kind="function", run=_run_target,
+    uses_course_layers=True, module="09", name="dqn_target", kind="function", run=_run_target,
     reference=lambda: reference_dqn_target, forbidden=FORBIDDEN,
     checks=(Check("TD targets, gamma 0.97", _target_inputs(0.97), _compare_target),
             Check("TD targets, gamma 0.9", _target_inputs(0.9), _compare_target)),
@@ -268,7 +269,7 @@ def _compare_critic_side(got, expected, inputs):
 
 
 CRITIC_PASS = Exercise(
-    module="09", name="critic_pass", kind="function", run=_run_critic,
+    uses_course_layers=True, module="09", name="critic_pass", kind="function", run=_run_critic,
     reference=lambda: reference_critic_pass, forbidden=FORBIDDEN,
     checks=(Check("Q(s, a) and Q(s', a') from one joint pass", _critic_inputs, _compare_critic),
             Check("gradients, one statistics update, train mode", _critic_inputs,
@@ -335,7 +336,7 @@ def _compare_modes(got, expected, inputs):
 
 
 SET_MODES = Exercise(
-    module="09", name="set_modes", kind="function", run=_run_modes,
+    uses_course_layers=True, module="09", name="set_modes", kind="function", run=_run_modes,
     reference=lambda: reference_set_modes, forbidden=(),
     checks=tuple(Check(f"phase {phase!r}", _modes_inputs(phase), _compare_modes)
                  for phase in PHASES),
@@ -377,7 +378,7 @@ def _compare_prediction(got, expected, inputs):
 
 
 TWO_STATE_PREDICTION = Exercise(
-    module="09", name="two_state_prediction", kind="function", run=_run_prediction,
+    uses_course_layers=True, module="09", name="two_state_prediction", kind="function", run=_run_prediction,
     reference=lambda: reference_two_state_prediction, forbidden=(),
     checks=(Check("|x_hat| for a batch of two", lambda rng: {}, _compare_prediction),),
 )

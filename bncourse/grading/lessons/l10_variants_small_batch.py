@@ -112,7 +112,7 @@ def _gn_inputs(shape, G, dtype=np.float64):
 
 
 GROUP_NORM = Exercise(
-    module="10", name="group_norm_channels_last", kind="function",
+    module="10", name="group_norm_channels_last", implements_bn=True, kind="function",
     run=run_group_norm, reference=lambda: reference_group_norm_channels_last,
     forbidden=GROUP_NORM_FORBIDDEN,
     checks=(
@@ -255,7 +255,7 @@ def _renorm_inputs(shape, r_max, d_max, dtype=np.float64):
 
 
 RENORM = Exercise(
-    module="10", name="batch_renorm_train", kind="function",
+    module="10", name="batch_renorm_train", implements_bn=True, kind="function",
     run=run_renorm, reference=lambda: reference_batch_renorm_train,
     forbidden=RENORM_FORBIDDEN,
     checks=(

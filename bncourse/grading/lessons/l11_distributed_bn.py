@@ -118,7 +118,7 @@ def _moments_inputs(sizes, tail=(), offset=0.0, channels=3):
 
 
 SYNC_MOMENTS = Exercise(
-    module="11", name="sync_moments", kind="function",
+    module="11", name="sync_moments", implements_bn=True, kind="function",
     run=run_sync_moments, reference=lambda: reference_sync_moments, forbidden=MOMENTS_FORBIDDEN,
     checks=(
         Check("2 ranks, (8, C) each", _moments_inputs((8, 8)), _compare_moments),
@@ -224,7 +224,7 @@ def _backward_inputs(sizes, tail=(), channels=3):
 
 
 SYNC_BACKWARD = Exercise(
-    module="11", name="sync_backward", kind="function",
+    module="11", name="sync_backward", implements_bn=True, kind="function",
     run=run_sync_backward, reference=lambda: reference_sync_backward,
     forbidden=BACKWARD_FORBIDDEN,
     checks=(

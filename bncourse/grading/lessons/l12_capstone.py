@@ -357,7 +357,7 @@ def _compare_training(got, expected, inputs):
 # --- the exercises ------------------------------------------------------------------------------
 
 FORWARD = Exercise(
-    module="12", name="masked_batchnorm_forward", kind="function",
+    module="12", name="masked_batchnorm_forward", implements_bn=True, kind="function",
     run=run_forward, reference=lambda: reference_masked_batchnorm_forward,
     forbidden=MASKED_FORBIDDEN,
     checks=(
@@ -372,7 +372,7 @@ FORWARD = Exercise(
 )
 
 BACKWARD = Exercise(
-    module="12", name="masked_batchnorm_backward", kind="function",
+    module="12", name="masked_batchnorm_backward", implements_bn=True, kind="function",
     run=run_backward, reference=lambda: reference_masked_batchnorm_backward,
     forbidden=MASKED_FORBIDDEN,
     checks=(
@@ -386,7 +386,7 @@ BACKWARD = Exercise(
 )
 
 MODULE_EXERCISE = Exercise(
-    module="12", name="MaskedBatchNorm1d", kind="class",
+    module="12", name="MaskedBatchNorm1d", implements_bn=True, kind="class",
     run=run_module, reference=_reference_module, forbidden=MASKED_FORBIDDEN,
     checks=(
         Check("state_dict keys as torch.nn.BatchNorm1d's", _module_inputs(steps=1),
@@ -405,7 +405,7 @@ MODULE_EXERCISE = Exercise(
 )
 
 TRAINING = Exercise(
-    module="12", name="train_and_predict", kind="function",
+    module="12", name="train_and_predict", implements_bn=True, kind="function",
     run=run_training, reference=lambda: reference_train_and_predict,
     checks=(
         Check(f"a model with your MaskedBatchNorm1d reaches {TARGET_ACCURACY:.0%} test accuracy",
