@@ -157,4 +157,6 @@ def issue(name: str, path="exercises/", out="certificates/", key_file=None,
     print(f"Certificate issued: {pdf_path} and {record_path}"
           + (f" (signed by {issuer_id})" if key is not None
              else " (unsigned: self-issued, not signed by an instructor)"))
+    print("Verify with: bncourse verify " + str(record_path)
+          + (" --public-key public_key.pem" if key is not None else f" --regrade {folder}"))
     return 0
