@@ -95,7 +95,7 @@ def make_facts(name: str, report, issuer_id: str = SELF_ISSUED,
 def _slug(name: str) -> str:
     """ASCII file-name part of a name ("Zoë O'Neil" -> "zoe_o_neil"); '' for other scripts."""
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-    return re.sub(r"[^A-Za-z0-9]+", "_", ascii_name).strip("_").lower()[:40]
+    return re.sub(r"[^A-Za-z0-9]+", "_", ascii_name).strip("_").lower()[:24].strip("_")
 
 
 def write_certificate(facts: Facts, out, key=None) -> tuple[Path, Path, list[str]]:
@@ -157,4 +157,6 @@ def issue(name: str, path="exercises/", out="certificates/", key_file=None,
     print(f"Certificate issued: {pdf_path} and {record_path}"
           + (f" (signed by {issuer_id})" if key is not None
              else " (unsigned: self-issued, not signed by an instructor)"))
+    print("Verify with: bncourse verify " + str(record_path)
+          + (" --public-key public_key.pem" if key is not None else f" --regrade {folder}"))
     return 0

@@ -161,7 +161,8 @@ def write_pdf(facts, path, record_name: str) -> list[str]:
 
     def measure(s, size, **kw):
         """Width of `s` at `size` points, as a fraction of the page width."""
-        t = ax.text(0, 0, s, fontsize=size, family=families, **kw)
+        kw.setdefault("family", families)
+        t = ax.text(0, 0, s, fontsize=size, **kw)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             w = t.get_window_extent(renderer).width
@@ -216,10 +217,14 @@ def write_pdf(facts, path, record_name: str) -> list[str]:
     text(0.5, 0.175, how, fontsize=10)
     command = f"bncourse verify {record_name}" + (" --public-key public_key.pem"
                                                   if facts.signed else "")
-    text(0.5, 0.13, _fit(f"Verify:  {command}  [--regrade FOLDER]", measure, 9, 0.9),
-         fontsize=9, family="DejaVu Sans Mono")
-    text(0.5, 0.09, _fit(f"issuer {facts.issuer_id}  ·  {facts.credential_id}", measure, 7,
-                         0.9), fontsize=7, family="DejaVu Sans Mono", color="0.35")
+    mono = "DejaVu Sans Mono"
+    # A command cut short is useless: shrink it to fit instead (9 pt down to 5 pt).
+    line = f"Verify:  {command}  [--regrade FOLDER]"
+    size = next((z for z in (9, 8, 7, 6, 5) if measure(line, z, family=mono) <= 0.9), 5)
+    text(0.5, 0.13, line, fontsize=size, family=mono)
+    ids = f"issuer {facts.issuer_id}  ·  {facts.credential_id}"
+    size = next((z for z in (7, 6, 5) if measure(ids, z, family=mono) <= 0.9), 5)
+    text(0.5, 0.09, ids, fontsize=size, family=mono, color="0.35")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Glyph missing": those characters are returned
         fig.savefig(path, format="pdf")
