@@ -3,8 +3,9 @@
     bncourse lab [JUPYTER OPTIONS]  open the course (lessons and exercises) in JupyterLab
     bncourse doctor         check that this environment can run the course
     bncourse grade PATH     grade exercise notebooks (see `bncourse grade --help`)
-    bncourse certificate    grade every module and issue a certificate
-    bncourse verify RECORD  re-grade and check a certificate record
+    bncourse keygen         make an instructor's Ed25519 key pair
+    bncourse certificate    grade every module and issue a certificate (Open Badges 3.0)
+    bncourse verify RECORD  check a credential's signature (--public-key) or re-grade it (--regrade)
     bncourse book [--out DIR]  build the course as a static website
 """
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 
 from bncourse._version import __version__
 
-__all__ = ["main", "find_course_root", "doctor_checks", "sandbox_check", "lab_command"]
+__all__ = ["main", "find_course_root", "doctor_checks", "sandbox_check", "protections_check",
+           "lab_command"]
 
 # The packages the course needs at run time, by import name.
 RUNTIME_MODULES = ["numpy", "torch", "matplotlib", "tqdm", "sklearn", "gymnasium", "mnist1d",
@@ -69,7 +71,28 @@ def doctor_checks() -> list[tuple[str, bool, str]]:
     results.append(("course folder", root is not None, _describe_root(root) if root else
                     "notebooks/ not found: run bncourse from the course checkout"))
     results.append(sandbox_check(root))
+    results.append(protections_check())
     return results
+
+
+def protections_check() -> tuple[str, bool, str]:
+    """Which of the grader's confinement mechanisms this machine has (issue 23). Grading works
+    without them; what is missing is said, not failed."""
+    try:
+        from bncourse.grading.confine import active_protections
+
+        found = active_protections()
+    except Exception as exc:  # report, never raise
+        return "grader protections", True, f"not determined ({exc})"
+    landlock = found.get("landlock")
+    parts = [f"Landlock {landlock}" + (" (files and network)" if found.get("landlock_network")
+                                       else " (files)") if landlock else "no Landlock (files "
+             "outside the scratch folder are not protected)",
+             "seccomp (no new processes)" if found.get("seccomp") else "no seccomp",
+             "rlimits" if found.get("rlimits") else "no rlimits"]
+    if found.get("rlimits") and not found.get("rlimit_nproc_binds"):
+        parts.append("RLIMIT_NPROC does not bind here (root)")
+    return "grader protections", True, ", ".join(parts)
 
 
 def _describe_root(root: Path) -> str:

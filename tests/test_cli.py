@@ -213,3 +213,15 @@ def test_grading_commands_usage_errors_exit_2(tmp_path, monkeypatch, capsys, arg
     (tmp_path / "r.json").write_text("{}")
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_doctor_names_the_grader_protections(monkeypatch):
+    name, ok, detail = cli.protections_check()
+    assert name == "grader protections" and ok
+    import bncourse.grading.confine as confine
+
+    monkeypatch.setattr(confine, "active_protections",
+                        lambda: {"landlock": None, "seccomp": False, "rlimits": True,
+                                 "rlimit_nproc_binds": True})
+    _, ok, detail = cli.protections_check()
+    assert ok and "no Landlock" in detail and "no seccomp" in detail and "rlimits" in detail

@@ -8,7 +8,8 @@
     notebook.py     static reading of a notebook: module, code cells, forbidden names (ast)
     sandbox.py      run a notebook's code in a resource-limited child process
     grade.py        `bncourse grade PATH`: score in the grader's process, text and JSON reports
-    certificate.py  `bncourse certificate` / `bncourse verify`: PDF + JSON record, HMAC
+    certificate/    `bncourse keygen/certificate/verify`: Open Badges 3.0 credential, Ed25519, PDF
+    batch.py        `bncourse grade CLASS/`: one worker per learner, gradebook CSV + JSON
     assign.py       generate exercises/ from solutions/
     cli.py          the subcommands
 
