@@ -110,3 +110,18 @@ def test_ghost_runs_structure(tiny):
     assert set(result.test) == set(result.train) == set(result.seconds) == {None, 4}
     assert 0 <= result.mean(4) <= 1 and 0 <= result.mean(None, "train") <= 1
     assert result.seconds[4][0] > 0
+
+
+def test_renorm_clip_fraction_counts_clipped_channels_and_changes_nothing(tiny):
+    model = V.norm_mlp("BRN", (6, 8, 8, 3))
+    # r_max 1, d_max 0 (the warm-up): every channel is at its limit.
+    assert V.renorm_clip_fraction(model, tiny.x_train, 4) == 1.0
+    for layer in model:
+        if isinstance(layer, bnn.BatchRenorm1d):
+            layer.r_max, layer.d_max, layer.warmup_steps = 1e6, 1e6, 0
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert V.renorm_clip_fraction(model, tiny.x_train, 4) == 0.0  # nothing reaches 1e6
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="no BatchRenorm1d"):
+        V.renorm_clip_fraction(V.norm_mlp("BN", (6, 8, 3)), tiny.x_train, 4)

@@ -6,6 +6,7 @@
     batch_size_sweep  test accuracy for each norm x batch size x seed at equal epochs
     mode_disagreement how often train mode (batch statistics) and eval mode (running statistics)
                       predict different classes on the same examples
+    renorm_clip_fraction  how often Batch Renorm's r or d sits at its clip limit
     ghost_runs        BN at a large batch against Ghost BN with smaller virtual batches
 
 Equal epochs means a batch of 2 takes 64x as many steps as a batch of 128. The learning rate
@@ -29,7 +30,7 @@ from bncourse.data import Dataset, iterate_minibatches
 from bncourse.train import History, train_classifier
 
 __all__ = ["NORMS", "make_norm", "norm_mlp", "scaled_lr", "train_one", "Sweep",
-           "batch_size_sweep", "mode_disagreement", "GhostResult", "ghost_runs"]
+           "batch_size_sweep", "mode_disagreement", "renorm_clip_fraction", "GhostResult", "ghost_runs"]
 
 # Batch Renorm's warm-up in steps for this scale (Ioffe 2017 uses 5k / 40k / 25k on ImageNet:
 # a run shorter than the warm-up would be plain BN throughout).
@@ -179,6 +180,40 @@ def mode_disagreement(model: nn.Module, x: torch.Tensor, batch_size: int,
         differ += (probe(xb).argmax(1) != eval_pred[ib]).sum().item()
         seen += len(ib)
     return differ / seen
+
+
+@torch.no_grad()
+def renorm_clip_fraction(model: nn.Module, x: torch.Tensor, batch_size: int,
+                         seed: int = 0) -> float:
+    """Fraction of (batch, channel) pairs, over every Batch Renorm layer of `model` and shuffled
+    train-mode batches of `batch_size` from `x`, where r or d is at its clip limit (there
+    training no longer computes the inference function). A copy runs, with momentum 0, so the
+    model's running statistics are unchanged."""
+    probe = copy.deepcopy(model).train()
+    layers = [m for m in probe.modules() if isinstance(m, bnn.BatchRenorm1d)]
+    if not layers:
+        raise ValueError("model has no BatchRenorm1d layer")
+    counts = [0, 0]  # clipped, total
+
+    def hook(layer, args):
+        (inp,) = args
+        mean_B = inp.mean(0)
+        sigma_B = torch.sqrt(inp.var(0, unbiased=False) + layer.eps)
+        r_max, d_max = layer.limits(int(layer.num_batches_tracked) + 1)  # what forward will use
+        r, d = bnn.renorm_factors(mean_B, sigma_B, layer.running_mean, layer.running_var,
+                                  r_max, d_max, layer.eps)
+        tol = 1e-6
+        clipped = (r <= 1 / r_max + tol) | (r >= r_max - tol) | (d.abs() >= d_max - tol)
+        counts[0] += int(clipped.sum())
+        counts[1] += clipped.numel()
+
+    for layer in layers:
+        layer.momentum = 0.0  # probing must not move the running statistics
+        layer.register_forward_pre_hook(hook)
+    generator = torch.Generator().manual_seed(seed)
+    for xb, _ in iterate_minibatches(x, torch.arange(len(x)), batch_size, generator=generator):
+        probe(xb)
+    return counts[0] / counts[1]
 
 
 @dataclass

@@ -13,8 +13,8 @@ With `r_max = 1, d_max = 0` it is plain BN (tested).
 
 The running statistics are torch's BN buffers (`running_mean`, unbiased `running_var`,
 `num_batches_tracked`), so a BatchNorm checkpoint's statistics load here. `num_batches_tracked`
-is the clock of the warm-up schedule of Ioffe 2017 (as implemented by Chainer and the CrossQ
-code, see the course notes section 4.1): r_max = 1 and d_max = 0 for `warmup_steps`
+is the clock of the warm-up schedule of Ioffe 2017 (as independent implementations agree on it,
+e.g. Chainer's AutomaticBatchRenormalization; the course notes, section 4.1): r_max = 1 and d_max = 0 for `warmup_steps`
 training steps, then r_max rises linearly to `r_max` over `r_ramp_steps` and d_max to `d_max`
 over `d_ramp_steps` (defaults 5000, 35000, 20000: r_max 3 at step 40 000, d_max 5 at 25 000).
 The limits in use are two extra buffers, `current_r_max` and `current_d_max`, so a checkpoint
