@@ -8,6 +8,10 @@
     bn_scale.py   lesson 07: scale invariance, effective learning rate, weight decay's
                   equilibrium, learning-rate sweep, gradients at initialisation
     rl/           case study 09: DQN on CartPole, a CrossQ-style BN critic on Pendulum
+    variants.py   lesson 10: accuracy against batch size for BN, GroupNorm, LayerNorm, Batch
+                  Renorm and none; train/eval disagreement; Ghost BN
+    distributed.py  lesson 11: K gloo processes on one machine (or torchrun), SyncBN training
+    capstone.py   lesson 12: a 1-D CNN on padded sequences, masked recalibration
 
 Each module imports from `bncourse.nn`, `data`, `models`, `train`, `plots`, never the reverse.
 """
