@@ -129,3 +129,12 @@ def test_the_script_under_torchrun_prints_what_the_launcher_prints(capsys):
     assert json.loads(lines[0]) == ours == {"norm": "sync", "world_size": 2, "global_batch": 6,
                                             "test_accuracy": ours["test_accuracy"],
                                             "final_loss": ours["final_loss"]}
+
+
+def test_lesson_experiments_count_collectives_and_time_the_layer():
+    out = D.launch(D.lesson_experiments, 2, (0,), 3, timeout=60)
+    assert out[0]["collectives"] == {"per_replica": {"all_gather": 0, "all_reduce": 1},
+                                     "sync": {"all_gather": 2, "all_reduce": 3}}
+    assert set(out[0]["train"]) == {"per_replica/0", "sync/0"}
+    assert all(len(run["loss"]) == 3 for run in out[0]["train"].values())
+    assert all(t > 0 for t in out[0]["layer_time"].values())
