@@ -95,24 +95,29 @@ def reference(case):
     return run_case(bn, case, lambda t: t)
 
 
-@pytest.fixture(scope="module", params=sorted(CASES), ids=lambda k: f"{k} processes")
-def launched(request):
-    world_size = request.param
-    start = time.monotonic()
-    results = launch(sync_worker, world_size, CASES[world_size], timeout=40)
-    return world_size, results, time.monotonic() - start
+@pytest.fixture(scope="module")
+def launched():
+    """{world size: (per-rank results, seconds)}: one launch per world size."""
+    out = {}
+    for world_size, cases in CASES.items():
+        start = time.monotonic()
+        results = launch(sync_worker, world_size, cases, timeout=40)
+        out[world_size] = results, time.monotonic() - start
+    return out
 
 
 def test_launches_are_quick(launched):
-    world_size, _, seconds = launched
-    assert seconds < 25, f"{world_size} processes took {seconds:.1f} s"
+    for world_size, (_, seconds) in launched.items():
+        assert seconds < 25, f"{world_size} processes took {seconds:.1f} s"
 
 
-@pytest.mark.parametrize("index", range(5))
-def test_sync_bn_equals_full_batch_bn(launched, index):
-    world_size, results, _ = launched
-    if index >= len(CASES[world_size]):
-        pytest.skip("fewer cases for this world size")
+PAIRS = [(k, i) for k in CASES for i in range(len(CASES[k]))]
+
+
+@pytest.mark.parametrize("world_size, index", PAIRS,
+                         ids=[f"{k} processes, {CASES[k][i][0]}" for k, i in PAIRS])
+def test_sync_bn_equals_full_batch_bn(launched, world_size, index):
+    results, _ = launched[world_size]
     case = CASES[world_size][index]
     tol = TOL32 if case[-1] == "float32" else TOL64
     ref = reference(case)
