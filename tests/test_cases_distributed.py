@@ -46,8 +46,8 @@ def test_launch_returns_results_in_rank_order_as_plain_data():
 
 
 def test_launch_with_spawn():
-    assert [r["sum"] for r in D.launch(rank_info, 2, 1.0, start_method="spawn", timeout=60)] \
-        == [1.0, 1.0]
+    # One process: spawn imports torch afresh in each (the reason the forkserver is the default).
+    assert D.launch(rank_info, 1, 1.0, start_method="spawn", timeout=60)[0]["sum"] == 0.0
 
 
 def test_a_hanging_rank_times_out_and_every_process_is_stopped():
@@ -93,10 +93,16 @@ def test_train_digits_rejects_an_unknown_norm():
 
 
 @pytest.fixture(scope="module")
-def trained():
-    """20 steps, 2 processes x 3 samples, each norm; and one process with all 6."""
-    results = {norm: D.launch(D._train_kwargs, 2, dict(norm=norm, per_device_batch=3, steps=20),
-                              timeout=60) for norm in ("sync", "per_replica")}
+def experiments():
+    """`lesson_experiments` on 2 processes x 3 samples for 20 steps (one launch)."""
+    return D.launch(D.lesson_experiments, 2, (0,), 20, 3, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def trained(experiments):
+    """Per norm, the runs of every rank; and one process with the whole batch of 6."""
+    results = {norm: [rank["train"][f"{norm}/0"] for rank in experiments]
+               for norm in ("sync", "per_replica")}
     results["full"] = [D.train_digits(0, 1, norm="full", per_device_batch=6, steps=20)]
     return results
 
@@ -129,3 +135,11 @@ def test_the_script_under_torchrun_prints_what_the_launcher_prints(capsys):
     assert json.loads(lines[0]) == ours == {"norm": "sync", "world_size": 2, "global_batch": 6,
                                             "test_accuracy": ours["test_accuracy"],
                                             "final_loss": ours["final_loss"]}
+
+
+def test_lesson_experiments_count_collectives_and_time_the_layer(experiments):
+    assert experiments[0]["collectives"] == {"per_replica": {"all_gather": 0, "all_reduce": 1},
+                                             "sync": {"all_gather": 2, "all_reduce": 3}}
+    assert set(experiments[0]["train"]) == {"per_replica/0", "sync/0"}
+    assert all(len(run["loss"]) == 20 for run in experiments[0]["train"].values())
+    assert all(t > 0 for t in experiments[0]["layer_time"].values())

@@ -95,24 +95,29 @@ def reference(case):
     return run_case(bn, case, lambda t: t)
 
 
-@pytest.fixture(scope="module", params=sorted(CASES), ids=lambda k: f"{k} processes")
-def launched(request):
-    world_size = request.param
-    start = time.monotonic()
-    results = launch(sync_worker, world_size, CASES[world_size], timeout=40)
-    return world_size, results, time.monotonic() - start
+@pytest.fixture(scope="module")
+def launched():
+    """{world size: (per-rank results, seconds)}: one launch per world size."""
+    out = {}
+    for world_size, cases in CASES.items():
+        start = time.monotonic()
+        results = launch(sync_worker, world_size, cases, timeout=40)
+        out[world_size] = results, time.monotonic() - start
+    return out
 
 
 def test_launches_are_quick(launched):
-    world_size, _, seconds = launched
-    assert seconds < 25, f"{world_size} processes took {seconds:.1f} s"
+    for world_size, (_, seconds) in launched.items():
+        assert seconds < 25, f"{world_size} processes took {seconds:.1f} s"
 
 
-@pytest.mark.parametrize("index", range(5))
-def test_sync_bn_equals_full_batch_bn(launched, index):
-    world_size, results, _ = launched
-    if index >= len(CASES[world_size]):
-        pytest.skip("fewer cases for this world size")
+PAIRS = [(k, i) for k in CASES for i in range(len(CASES[k]))]
+
+
+@pytest.mark.parametrize("world_size, index", PAIRS,
+                         ids=[f"{k} processes, {CASES[k][i][0]}" for k, i in PAIRS])
+def test_sync_bn_equals_full_batch_bn(launched, world_size, index):
+    results, _ = launched[world_size]
     case = CASES[world_size][index]
     tol = TOL32 if case[-1] == "float32" else TOL64
     ref = reference(case)
@@ -216,3 +221,44 @@ def test_convert_a_bn_itself_and_leave_variants_and_sync_alone():
     assert SyncBatchNorm.convert_sync_batchnorm(sync) is sync
     stepwise = StepwiseBatchNorm(C, max_length=4)
     assert convert_sync_batchnorm(stepwise) is stepwise
+
+
+# --- the named pieces of bncourse.nn.functional SyncBN is built from -------------------------
+
+@pytest.mark.parametrize("shape", [(7, C), (4, C, 5), (2, C, 3, 2)], ids=str)
+def test_the_four_pieces_compose_to_torchs_batch_norm(shape):
+    from bncourse.nn._moments import as_rows
+    from bncourse.nn.functional import (batch_norm_backward_elemt, batch_norm_backward_reduce,
+                                        batch_norm_elemt, batch_norm_stats)
+
+    g = torch.Generator().manual_seed(1)
+    x = 2 + torch.randn(*shape, generator=g, dtype=torch.float64)
+    dy = torch.randn(*shape, generator=g, dtype=torch.float64)
+    w, b = torch.rand(C, generator=g, dtype=torch.float64) + 0.5, torch.randn(C, generator=g,
+                                                                             dtype=torch.float64)
+    count, mean, m2 = batch_norm_stats(x)
+    inv_std = torch.rsqrt(m2 / count + 1e-5)
+    y = batch_norm_elemt(as_rows(x), mean, inv_std, w, b).view(shape)
+    sum_dy, sum_dy_x_hat = batch_norm_backward_reduce(as_rows(dy), as_rows(x), mean, inv_std)
+    dx = batch_norm_backward_elemt(as_rows(dy), as_rows(x), mean, inv_std, w, sum_dy,
+                                   sum_dy_x_hat, float(count)).view(shape)
+    xr, wr, br = (t.clone().requires_grad_(True) for t in (x, w, b))
+    yr = torch.nn.functional.batch_norm(xr, None, None, wr, br, True, 0.1, 1e-5)
+    yr.backward(dy)
+    for got, want in ((y, yr.detach()), (dx, xr.grad), (sum_dy_x_hat, wr.grad), (sum_dy, br.grad)):
+        torch.testing.assert_close(got, want, **TOL64)
+    ones = batch_norm_elemt(as_rows(x), mean, inv_std, None, None)
+    torch.testing.assert_close(ones.view(shape), (x - mean.view((1, C) + (1,) * (len(shape) - 2)))
+                               * inv_std.view((1, C) + (1,) * (len(shape) - 2)), **TOL64)
+
+
+def test_update_running_stats_stores_the_unbiased_variance_in_place():
+    from bncourse.nn.functional import update_running_stats
+
+    rm, rv = torch.zeros(C, dtype=torch.float64), torch.ones(C, dtype=torch.float64)
+    ids = (id(rm), id(rv))
+    update_running_stats(rm, rv, torch.full((C,), 2.0, dtype=torch.float64),
+                         torch.full((C,), 3.0, dtype=torch.float64), 0.5, 4)
+    assert (id(rm), id(rv)) == ids
+    torch.testing.assert_close(rm, torch.full((C,), 1.0, dtype=torch.float64))
+    torch.testing.assert_close(rv, torch.full((C,), 0.5 + 0.5 * 3.0 * 4 / 3, dtype=torch.float64))

@@ -39,7 +39,7 @@ from bncourse.models import mlp
 from bncourse.nn import BatchNorm1d, SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = ["free_port", "launch", "init_from_env", "parity_batch", "bn_parity", "train_digits",
-           "count_collectives", "lesson_experiments", "main"]
+           "count_collectives", "time_bn_layer", "lesson_experiments", "main"]
 
 NORMS = ("per_replica", "sync", "full")
 
@@ -308,13 +308,31 @@ def count_collectives(rank: int, world_size: int, norm: str, per_device_batch: i
     return counts
 
 
-def lesson_experiments(rank: int, world_size: int, sizes, seeds=(0, 1), steps: int = 200,
+def time_bn_layer(rank: int, world_size: int, batch: int = 2, channels: int = 64,
+                  repeats: int = 100) -> dict:
+    """Median seconds of one forward + backward of BatchNorm1d and of SyncBatchNorm on a
+    `(batch, channels)` input, alternating the two in one loop so that a change in the
+    machine's load hits both alike."""
+    layers = {"per_replica": BatchNorm1d(channels), "sync": SyncBatchNorm(channels)}
+    x = torch.randn(batch, channels, requires_grad=True)
+    dy = torch.randn(batch, channels)
+    times = {name: [] for name in layers}
+    for _ in range(repeats):
+        for name, layer in layers.items():
+            dist.barrier()  # start together: a rank waiting in a collective would count
+            start = time.perf_counter()
+            layer(x).backward(dy)
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def lesson_experiments(rank: int, world_size: int, seeds=(0, 1), steps: int = 150,
                        per_device_batch: int = 2) -> dict:
-    """Everything lesson 11 measures in one launch (each launch costs a process start-up):
-    `bn_parity` on `sizes`, collectives per step, and `train_digits` per norm and seed."""
-    out = {"parity": bn_parity(rank, world_size, sizes),
-           "collectives": {norm: count_collectives(rank, world_size, norm, per_device_batch)
+    """Lesson 11's training measurements in one launch: collectives per step, and
+    `train_digits` for each norm and seed."""
+    out = {"collectives": {norm: count_collectives(rank, world_size, norm, per_device_batch)
                            for norm in ("per_replica", "sync")},
+           "layer_time": time_bn_layer(rank, world_size),
            "train": {}}
     for seed in seeds:
         for norm in ("per_replica", "sync"):

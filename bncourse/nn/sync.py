@@ -208,10 +208,9 @@ def convert_sync_batchnorm(module: Module, process_group=None) -> Module:
         has_bias = getattr(module, "bias", None) is not None
         sync = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                              module.track_running_stats, process_group)
-        if module.affine:
-            with torch.no_grad():
-                sync.weight = module.weight
-                sync.bias = module.bias if has_bias else None
+        if module.affine:  # the same Parameter objects: an optimizer holding them still works
+            sync.weight = module.weight
+            sync.bias = module.bias if has_bias else None
         sync.running_mean = module.running_mean
         sync.running_var = module.running_var
         sync.num_batches_tracked = module.num_batches_tracked
