@@ -185,7 +185,8 @@ FOLD_CONV_BN = Exercise(
     module="05", name="fold_conv_bn", kind="function",
     run=run_fold, reference=lambda: reference_fold_conv_bn, forbidden=FOLD_FORBIDDEN,
     checks=(
-        Check("3x3 conv with bias: folded(x) equals bn(conv(x)) in eval mode", _fold_inputs(),
+        Check("3x3 conv with bias: folded(x) equals bn(conv(x)) in eval mode",
+              _fold_inputs(channels=(4, 4)),
               _compare_fold_output),
         Check("a conv without bias (the usual case before BN)", _fold_inputs(bias=False),
               _compare_fold_output),
@@ -194,7 +195,8 @@ FOLD_CONV_BN = Exercise(
               _fold_inputs(stride=2, padding=2, dilation=2), _compare_fold_output),
         Check("a depthwise conv (groups = channels)",
               _fold_inputs(channels=(4, 4), groups=4, bias=False), _compare_fold_output),
-        Check("returns a new Conv2d, leaves conv and bn unchanged", _fold_inputs(),
+        Check("returns a new Conv2d, leaves conv and bn unchanged",
+              _fold_inputs(channels=(3, 5)),
               _compare_fold_unchanged),
     ),
 )
@@ -247,6 +249,16 @@ def _no_reset(model, batches):
             model(x)
 
 
+def _no_reset_cumulative(model, batches):
+    norms = batchnorms(model)
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = None
+    _no_reset(model, batches)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
 def _reset_keep_momentum(model, batches):
     for m in batchnorms(model):
         m.reset_running_stats()
@@ -274,8 +286,9 @@ def _compare_recalibrated_stats(got, expected, inputs):
     def alt(name, i, j):
         def make():
             if name not in alternatives:
-                alternatives[name] = _alternative(inputs, {"no_reset": _no_reset,
-                                                           "momentum": _reset_keep_momentum}[name])
+                alternatives[name] = _alternative(inputs, {
+                    "no_reset": _no_reset, "no_reset_cumulative": _no_reset_cumulative,
+                    "momentum": _reset_keep_momentum}[name])
             return alternatives[name][i][j]
         return make
 
@@ -286,6 +299,9 @@ def _compare_recalibrated_stats(got, expected, inputs):
                 rtol=1e-4, atol=1e-5,
                 hints=(("reset the running statistics first (bn.reset_running_stats())",
                         alt("no_reset", i, j)),
+                       ("reset the running statistics first (bn.reset_running_stats()): "
+                        "num_batches_tracked counts on from the old value",
+                        alt("no_reset_cumulative", i, j)),
                        ("for a cumulative average over the batches set bn.momentum = None "
                         "while recalibrating", alt("momentum", i, j))))
             if message:
