@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,13 @@ def hanging_notebook(folder: Path, module: str, body: str) -> Path:
     return path
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (less load-dependent than wall)."""
+    me, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                       resource.RUSAGE_CHILDREN))
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hang", action="store_true")
@@ -65,19 +73,21 @@ def main() -> None:
     subprocess.run([sys.executable, "-I", "-c", "import numpy, torch"], check=True)
     print(f"one interpreter start (import numpy, torch): {time.perf_counter() - start:.2f} s")
 
-    total, checks = 0.0, 0
+    total, total_cpu, checks = 0.0, 0.0, 0
     for module in registry.REQUIRED_MODULES:
         path = SOLUTIONS / registry.NOTEBOOKS[module]
         modes = sorted({child_mode(e) for e in registry.module_exercises(module)})
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds()
         report = grade_notebook(path, LIMITS, seed=0)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
         total += seconds
+        total_cpu += cpu
         checks += sum(len(e.checks) for e in report.exercises)
-        print(f"passing {module}: {seconds:5.1f} s  {report.points}/{report.max_points} points, "
-              f"children: {'+'.join(modes)}")
+        print(f"passing {module}: {seconds:5.1f} s wall, {cpu:5.1f} s CPU  "
+              f"{report.points}/{report.max_points} points, children: {'+'.join(modes)}")
     print(f"passing learner, all {len(registry.REQUIRED_MODULES)} modules ({checks} checks): "
-          f"{total:.1f} s (target < 30 s)")
+          f"{total:.1f} s wall, {total_cpu:.1f} s CPU (target < 30 s); load average now "
+          f"{os.getloadavg()[0]:.1f}")
 
     namespace = {"__name__": "solutions"}
     for module in registry.REQUIRED_MODULES:

@@ -15,7 +15,8 @@ imports torch or runs a cell (`confine.py`: Landlock, seccomp, rlimits), so it c
 in the scratch folder, read nothing of the grader's but the drivers, open no network connection
 and start no process. Exercises that implement batch norm run in a *sealed* child: the course's
 BN code cannot be imported or read, and torch's batch-norm kernels raise "uses torch's batch
-norm". Exercises of other kinds run in a second child, so a module may start two.
+norm". Exercises of other kinds run in a second child, so a module may start two (side by
+side).
 
 The parent enforces a wall-clock limit per cell and per check, kills the whole process group
 when one is exceeded, caps what it reads, and restarts a child after a crash to go on with the
@@ -36,6 +37,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -448,12 +450,11 @@ def run_notebook(notebook_bytes: bytes, notebook_name: str, cells, tasks,
         (workdir / "notebook").mkdir()
         copy = workdir / "notebook" / Path(notebook_name).name
         copy.write_bytes(notebook_bytes)
-        for mode, group in groups.items():
-            if not _run_mode(workdir, mode, cells, group, limits, outcome):
-                break
-            if not copy.exists() or copy.read_bytes() != notebook_bytes:
-                outcome.notebook_copy_changed = True
-                copy.write_bytes(notebook_bytes)
+        # The children of a module's modes run side by side (each its own process group);
+        # they write to different task slots of `outcome`.
+        with ThreadPoolExecutor(max_workers=len(groups) or 1) as pool:
+            list(pool.map(lambda item: _run_mode(workdir, item[0], cells, item[1], limits,
+                                                 outcome), groups.items()))
         if not copy.exists() or copy.read_bytes() != notebook_bytes:
             outcome.notebook_copy_changed = True
     finally:
