@@ -1,58 +1,121 @@
-"""What process isolation costs the grader: `bncourse grade solutions/` against the same checks
-run in-process by `bncourse.check`.
+"""What the confined, sealed grader costs: a passing learner, a hanging one, feedback.
 
-    python benchmarks/bench_grading.py
+    python benchmarks/bench_grading.py            # passing learner + feedback (about a minute)
+    python benchmarks/bench_grading.py --hang     # also a submission that hangs in every check
+    python benchmarks/bench_grading.py --hang --swallow   # ... and swallows the time limit
 
-Prints the sandboxed grading time, the in-process time (executing the solution cells once and
-running every check on their objects), the start-up time of one child interpreter, and the
-difference per check and per notebook. See benchmarks/README.md for a measured run.
+Prints the protections active on this machine, the time to grade each solution notebook in its
+confined child processes (`bncourse grade`'s limits: 20 s per check, 45 s for all checks of a
+notebook), the total against the issue's 30 s, the slowest `bncourse.check` (in-process feedback)
+against 2 s, and with --hang the time per module of a submission whose every graded object hangs,
+against 60 s. See benchmarks/README.md for a measured run.
 """
 from __future__ import annotations
 
+import argparse
+import os
+import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import nbformat
+from nbformat.v4 import new_code_cell, new_notebook
 
 import bncourse
 from bncourse.grading import registry
-from bncourse.grading.grade import grade_path
+from bncourse.grading.confine import active_protections
+from bncourse.grading.grade import grade_notebook
 from bncourse.grading.notebook import code_cells
+from bncourse.grading.sandbox import SandboxLimits, child_mode
 
 SOLUTIONS = Path(__file__).resolve().parents[1] / "solutions"
+LIMITS = SandboxLimits(timeout=20.0)  # what `bncourse grade` uses (its --timeout default)
+HANG = "while True:\n        pass"
+SWALLOW = ("while True:\n        try:\n            while True:\n                pass\n"
+           "        except BaseException:\n            pass")
+
+
+def hanging_notebook(folder: Path, module: str, body: str) -> Path:
+    """The module's exercise notebook in which every graded object hangs when used."""
+    cells = ["import numpy as np\nimport bncourse\nbncourse.setup(seed=0, threads=1)"]
+    for exercise in registry.module_exercises(module):
+        if exercise.kind == "class":
+            cells.append(f"import torch\nclass {exercise.name}(torch.nn.Module):\n"
+                         "    def __init__(self, *args, **kwargs):\n        "
+                         + body.replace("\n", "\n    "))
+        else:
+            cells.append(f"def {exercise.name}(*args, **kwargs):\n    {body}")
+    nb = new_notebook(cells=[new_code_cell(c) for c in cells])
+    path = folder / registry.NOTEBOOKS[module]
+    nbformat.write(nb, path)
+    return path
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (less load-dependent than wall)."""
+    me, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                       resource.RUSAGE_CHILDREN))
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hang", action="store_true")
+    parser.add_argument("--swallow", action="store_true")
+    args = parser.parse_args()
+    print("protections:", ", ".join(f"{k}={v}" for k, v in active_protections().items()))
+    print(f"cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f}")
+
     start = time.perf_counter()
-    report = grade_path(SOLUTIONS, seed=0)
-    sandboxed = time.perf_counter() - start
-    n_checks = sum(len(ex.checks) for nb in report.notebooks for ex in nb.exercises)
+    subprocess.run([sys.executable, "-I", "-c", "import numpy, torch"], check=True)
+    print(f"one interpreter start (import numpy, torch): {time.perf_counter() - start:.2f} s")
+
+    total, total_cpu, checks = 0.0, 0.0, 0
+    for module in registry.REQUIRED_MODULES:
+        path = SOLUTIONS / registry.NOTEBOOKS[module]
+        modes = sorted({child_mode(e) for e in registry.module_exercises(module)})
+        start, cpu = time.perf_counter(), cpu_seconds()
+        report = grade_notebook(path, LIMITS, seed=0)
+        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+        total += seconds
+        total_cpu += cpu
+        checks += sum(len(e.checks) for e in report.exercises)
+        print(f"passing {module}: {seconds:5.1f} s wall, {cpu:5.1f} s CPU  "
+              f"{report.points}/{report.max_points} points, children: {'+'.join(modes)}")
+    print(f"passing learner, all {len(registry.REQUIRED_MODULES)} modules ({checks} checks): "
+          f"{total:.1f} s wall, {total_cpu:.1f} s CPU (target < 30 s); load average now "
+          f"{os.getloadavg()[0]:.1f}")
 
     namespace = {"__name__": "solutions"}
-    start = time.perf_counter()
-    for path in sorted(SOLUTIONS.glob("*.ipynb")):
-        for _, source in code_cells(nbformat.read(path, as_version=4)):
-            exec(compile(source, path.name, "exec"), namespace)
-    executing = time.perf_counter() - start
-    start = time.perf_counter()
+    for module in registry.REQUIRED_MODULES:
+        nb = nbformat.read(SOLUTIONS / registry.NOTEBOOKS[module], as_version=4)
+        for _, source in code_cells(nb):
+            exec(compile(source, module, "exec"), namespace)
+    slowest = (0.0, "")
     for module in registry.REQUIRED_MODULES:
         for exercise in registry.module_exercises(module):
+            start = time.perf_counter()
             bncourse.check(exercise.id, namespace[exercise.name], quiet=True)
-    checking = time.perf_counter() - start
+            slowest = max(slowest, (time.perf_counter() - start, exercise.id))
+    print(f"feedback: slowest bncourse.check {slowest[1]}: {slowest[0]:.2f} s (target < 2 s)")
 
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-I", "-c", "import numpy, torch, bncourse"], check=True)
-    child_start = time.perf_counter() - start
-
-    overhead = sandboxed - executing - checking
-    print(f"sandboxed: bncourse grade solutions/: {sandboxed:.1f} s "
-          f"({len(report.notebooks)} notebooks, {n_checks} checks)")
-    print(f"in-process: solution cells {executing:.2f} s + {n_checks} checks {checking:.2f} s")
-    print(f"one child interpreter start (import numpy, torch, bncourse): {child_start:.2f} s")
-    print(f"isolation overhead: {overhead:.1f} s, {overhead / len(report.notebooks):.1f} s per "
-          f"notebook, {1000 * overhead / n_checks:.0f} ms per check")
+    if args.hang:
+        body = SWALLOW if args.swallow else HANG
+        worst = 0.0
+        with tempfile.TemporaryDirectory() as folder:
+            for module in registry.REQUIRED_MODULES:
+                path = hanging_notebook(Path(folder), module, body)
+                start = time.perf_counter()
+                report = grade_notebook(path, LIMITS, seed=0)
+                seconds = time.perf_counter() - start
+                worst = max(worst, seconds)
+                print(f"hanging {module}: {seconds:5.1f} s  {report.points}/{report.max_points} "
+                      "points")
+        print(f"hanging in every check{' (time limit swallowed)' if args.swallow else ''}: "
+              f"worst module {worst:.1f} s (target < 60 s)")
 
 
 if __name__ == "__main__":

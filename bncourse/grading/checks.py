@@ -39,12 +39,14 @@ class Check:
 
     make_inputs(rng) -> dict of NumPy arrays and Python scalars (picklable, sent to the learner's
     process); compare(got, expected, inputs) -> None when the check passes, else a message.
+    timeout: a longer time limit for this check (a short training run), else the grader's.
     """
 
     name: str
     make_inputs: Callable[[np.random.Generator], dict]
     compare: Callable[[dict, dict, dict], str | None]
     points: int = 1
+    timeout: float | None = None  # seconds, for a check slower than the default limit
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,8 @@ def check(exercise_id, obj, *, timeout: float = 10.0, seed: int = 0, quiet: bool
             for index, chk in enumerate(exercise.checks):
                 try:
                     inputs = make_inputs(exercise, index, seed)
-                    outcome = run_task(exercise, obj, inputs, timeout, recorder)
+                    outcome = run_task(exercise, obj, inputs,
+                                       max(timeout, chk.timeout or 0), recorder)
                     if outcome["status"] == "ok":
                         try:
                             outcome["result"] = roundtrip(outcome["result"])

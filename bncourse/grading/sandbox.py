@@ -15,7 +15,8 @@ imports torch or runs a cell (`confine.py`: Landlock, seccomp, rlimits), so it c
 in the scratch folder, read nothing of the grader's but the drivers, open no network connection
 and start no process. Exercises that implement batch norm run in a *sealed* child: the course's
 BN code cannot be imported or read, and torch's batch-norm kernels raise "uses torch's batch
-norm". Exercises of other kinds run in a second child, so a module may start two.
+norm". Exercises of other kinds run in a second child, so a module may start two (side by
+side).
 
 The parent enforces a wall-clock limit per cell and per check, kills the whole process group
 when one is exceeded, caps what it reads, and restarts a child after a crash to go on with the
@@ -36,6 +37,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -105,7 +107,9 @@ def _mode_job(mode: str, drivers) -> dict:
     core = ["__init__.py", "_version.py", "environment.py", "data", "gradcheck.py",
             "grading/__init__.py", "grading/drivers", "grading/confine.py"]
     if mode in ("sealed", "plain"):
-        return {"blocked": ["bncourse"],
+        # sealed: also the libraries that standardise a batch in one call
+        others = ["sklearn", "scipy.stats"] if mode == "sealed" else []
+        return {"blocked": ["bncourse"] + others,
                 "allowed": ["bncourse", "bncourse._version", "bncourse.environment",
                             "bncourse.data.*", "bncourse.gradcheck", "bncourse.grading",
                             "bncourse.grading.drivers.*"],
@@ -286,7 +290,7 @@ def _run_child(workdir: Path, mode: str, cells, tasks, limits: SandboxLimits, ou
                 (conversation.pending[0]["task"] if conversation.pending else None)
             state["sent_at"] = conversation.sent_at if conversation.pending else None
             if conversation.phase == "tasks" and conversation.pending is None and not finishing:
-                if outcome.budget["left"] < 0.5:  # the checks ran out of their budget
+                if outcome.budget["left"] < 0.5 and conversation.tasks:  # out of budget
                     for t in conversation.tasks:
                         if t["task"] not in skip:
                             skip.add(t["task"])
@@ -300,7 +304,10 @@ def _run_child(workdir: Path, mode: str, cells, tasks, limits: SandboxLimits, ou
                     deadline = time.monotonic() + 5
                 else:
                     exercise = registry.get(task["exercise"])
-                    seconds = max(0.5, min(limits.timeout, outcome.budget["left"]))
+                    check = exercise.checks[task.get("check", 0)]
+                    # A check that declares a longer limit gets it; others share the budget.
+                    seconds = round(max(0.5, check.timeout if check.timeout else
+                                        min(limits.timeout, outcome.budget["left"])), 1)
                     write({"request": task["task"], "nonce": conversation.pending[1],
                            "timeout": seconds,
                            "driver": f"{exercise.run.__module__}:{exercise.run.__name__}",
@@ -432,19 +439,22 @@ def run_notebook(notebook_bytes: bytes, notebook_name: str, cells, tasks,
     outcome = SandboxOutcome(task_outcomes=[None] * len(tasks),
                              budget={"left": limits.check_budget})
     groups: dict[str, list] = {}
-    for task in tasks:
+    seen: dict[str, int] = {}
+    tasks = [dict(t) for t in tasks]
+    for task in tasks:  # the k-th task of an exercise is its k-th check (grade.py's order)
+        task.setdefault("check", seen.get(task["exercise"], 0))
+        seen[task["exercise"]] = seen.get(task["exercise"], 0) + 1
         groups.setdefault(child_mode(registry.get(task["exercise"])), []).append(task)
     workdir = Path(tempfile.mkdtemp(prefix="bncourse-grade-"))
     try:
         (workdir / "notebook").mkdir()
         copy = workdir / "notebook" / Path(notebook_name).name
         copy.write_bytes(notebook_bytes)
-        for mode, group in groups.items():
-            if not _run_mode(workdir, mode, cells, group, limits, outcome):
-                break
-            if not copy.exists() or copy.read_bytes() != notebook_bytes:
-                outcome.notebook_copy_changed = True
-                copy.write_bytes(notebook_bytes)
+        # The children of a module's modes run side by side (each its own process group);
+        # they write to different task slots of `outcome`.
+        with ThreadPoolExecutor(max_workers=len(groups) or 1) as pool:
+            list(pool.map(lambda item: _run_mode(workdir, item[0], cells, item[1], limits,
+                                                 outcome), groups.items()))
         if not copy.exists() or copy.read_bytes() != notebook_bytes:
             outcome.notebook_copy_changed = True
     finally:

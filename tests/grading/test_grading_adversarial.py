@@ -99,6 +99,12 @@ TORCH_BN_ROUTES = [
     ("torch's Python decomposition",
      'import torch._decomp.decompositions as d\ngetattr(d, "native_batch" + "_norm")(t, None, '
      'None, None, None, True, 0.1, 1e-5)'),
+    ("F.layer_norm on a transposed batch",
+     'getattr(torch.nn.functional, "layer" + "_norm")(t.transpose(0, 1).reshape(t.shape[1], -1), '
+     '(t[:, 0].numel(),))'),
+    ("F.group_norm with one channel a group",
+     'getattr(torch.nn.functional, "group" + "_norm")(t.transpose(0, 1).reshape(1, t.shape[1], '
+     '-1), t.shape[1])'),
     ("the refusal caught by the learner", f"try:\n    {F_BN}(t, None, None, training=True)\n"
                                           "except BaseException:\n    pass"),
 ]
@@ -112,6 +118,9 @@ ATTACKS = [
     ("importlib with a built name (static check)",
      'import importlib\nimportlib.import_module("bncourse." + "reference")\n' + RIGHT,
      "flagged: uses an import of a computed name"),
+    ("scikit-learn's StandardScaler",
+     'import builtins\ngetattr(builtins, "__imp" + "ort__")("sklearn.preprocessing")\n' + RIGHT,
+     "cannot be imported while grading"),
     ("reading the reference from disk",
      'import os, bncourse\nopen(os.path.join(os.path.dirname(bncourse.__file__), "refer" + '
      '"ence.py")).read()\n' + RIGHT, "PermissionError"),
@@ -127,7 +136,9 @@ ATTACKS = [
     ("a fork loop", "import os\nwhile True:\n    os.fork()\n" + RIGHT, "PermissionError"),
     ("a subprocess", 'import subprocess\nsubprocess.run(["cat", "/etc/hostname"])\n' + RIGHT,
      "PermissionError"),
-] + [(f"torch's batch norm through {name}", route(call), "flagged: uses torch's batch norm")
+] + [(f"torch's batch norm through {name}", route(call),
+      "flagged: uses torch's " + ("layer or group norm" if name[2:7] in ("layer", "group")
+                                  else "batch norm"))
      for name, call in TORCH_BN_ROUTES]
 
 

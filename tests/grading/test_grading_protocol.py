@@ -159,3 +159,83 @@ def test_grading_works_without_landlock_and_seccomp(tmp_path):
     path = write_notebook(tmp_path, "02_forward_exercises.ipynb", [SETUP, GOOD_FORWARD, GOOD_STATS])
     report = grade_notebook(path, limits, seed=5)
     assert report.points == report.max_points
+
+
+# --- the pieces: which child an exercise needs, the static evasion check, the harness call ----
+from bncourse.grading import registry  # noqa: E402
+from bncourse.grading.drivers._contract import SealedCall, call_driver  # noqa: E402
+from bncourse.grading.notebook import evasions  # noqa: E402
+from bncourse.grading.sandbox import child_mode  # noqa: E402
+
+
+@pytest.mark.parametrize("exercise_id, mode", [
+    ("02.batch_statistics", "sealed"), ("02.batchnorm_forward", "sealed"),
+    ("03.numerical_gradient", "plain"), ("03.batchnorm_backward", "sealed"),
+    ("04.BatchNorm1d", "sealed"), ("05.batchnorm_eval", "sealed"),
+    ("05.fold_linear_bn", "plain"), ("05.recalibrate_bn", "plain"),
+    ("06.inception_block", "layers"), ("08.PerStepBatchNorm", "layers"), ("09.act", "layers"),
+])
+def test_child_mode(exercise_id, mode):
+    assert child_mode(registry.get(exercise_id)) == mode
+
+
+def test_every_driver_lives_in_grading_drivers():
+    assert all(e.run.__module__.startswith("bncourse.grading.drivers.l")
+               for e in registry.EXERCISES.values())
+
+
+@pytest.mark.parametrize("source, found", [
+    ("import sys\nf = sys._getframe(1)", ["frame introspection (sys._getframe)"]),
+    ("import inspect\ninspect.stack()", ["frame introspection (inspect.stack)"]),
+    ("g = frame.f_back.f_locals", ["frame introspection (f_locals)",
+                                   "frame introspection (f_back)"]),
+    ("import gc\ngc.get_objects()", ["object introspection (gc.get_objects)"]),
+    ("exec(a + b)", ["exec of a built string"]),
+    ("eval(text)", ["eval of a built string"]),
+    ("__import__('bncourse.' + name)", ["an import of a computed name"]),
+    ("import importlib\nimportlib.import_module(name)",
+     ["an import of a computed name (importlib.import_module)"]),
+    ("exec('x = 1')\n__import__('os')", []),  # literals: nothing hidden
+    ("model.eval()\nnet.compile(x)", []),  # methods of the same name
+    ("def broken(:", []),
+])
+def test_evasions(source, found):
+    assert sorted(evasions([(0, source)])) == sorted(found)
+
+
+def run_of(value):
+    def run(obj, inputs):
+        return obj(inputs)
+    return run
+
+
+def refuses(inputs):
+    raise SealedCall("uses torch's batch norm (aten::native_batch_norm)")
+
+
+@pytest.mark.parametrize("obj, kind, status, text", [
+    (lambda inputs: {"x": 1}, "function", "ok", ""),
+    (None, "function", "missing", "is not defined"),
+    (int, "function", "error", "must be a function"),
+    (len, "class", "error", "must be a class"),
+    (refuses, "function", "sealed", "flagged: uses torch's batch norm"),
+    (lambda inputs: (_ for _ in ()).throw(NotImplementedError()), "function",
+     "not_implemented", "not implemented yet"),
+])
+def test_call_driver_outcomes(obj, kind, status, text):
+    outcome = call_driver(run_of(obj), obj, "f", kind, {}, 5.0)
+    assert outcome["status"] == status and text in outcome["message"]
+    assert (outcome["result"] is None) == (status != "ok")
+
+
+def test_a_refusal_the_learner_caught_is_still_flagged():
+    from bncourse.grading.drivers._contract import Recorder
+
+    recorder = Recorder([])
+
+    def caught(inputs):
+        recorder.note("sealed:uses torch's batch norm (aten::batch_norm)")
+        return {"x": 1}
+    outcome = call_driver(run_of(caught), caught, "f", "function", {}, 5.0, recorder)
+    assert outcome["status"] == "sealed" and outcome["result"] is None
+    assert "uses torch's batch norm" in outcome["message"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from bncourse.grading.checks import Check, Exercise, SubmissionError, array_mismatch, as_array
+from bncourse.grading.drivers.l08_case_nlp import (_make_cell, _run_step, _run_predictions)  # noqa: F401
 
 __all__ = ["STEP", "PREDICTIONS"]
 
@@ -26,50 +27,6 @@ def _reference_step():
     def bn_lstm_step(cell, x, h, c, t):
         return cell(x, (h, c), time_step=t)
     return bn_lstm_step
-
-
-def _make_cell(inputs):
-    import torch
-
-    from bncourse.nn.recurrent import BNLSTMCell
-
-    cell = BNLSTMCell(inputs["D"], inputs["H"], max_length=inputs["max_length"])
-    with torch.no_grad():
-        for name, value in inputs["params"].items():
-            cell.get_parameter(name).copy_(torch.from_numpy(value))
-    return cell
-
-
-def _run_step(fn, inputs):
-    import torch
-
-    cell = _make_cell(inputs)
-    result = {}
-    cell.train()
-    h = c = torch.zeros(inputs["N"], inputs["H"])
-    outputs = []
-    for t, x in enumerate(inputs["x"]):
-        out = fn(cell, torch.from_numpy(x), h, c, t)
-        if not isinstance(out, (tuple, list)) or len(out) != 2:
-            raise SubmissionError("bn_lstm_step must return a tuple (h_new, c_new)")
-        h, c = out
-        result[f"h_{t}"], result[f"c_{t}"] = as_array(h, "h_new"), as_array(c, "c_new")
-        outputs.append(h)
-    torch.stack(outputs).mul(torch.from_numpy(inputs["dh"])).sum().backward()
-    for name in ("weight_hh", "weight_ih", "bn_hh.weight", "bn_c.weight"):
-        parameter = cell.get_parameter(name)
-        result["no_grad_" + name] = parameter.grad is None
-        grad = torch.zeros_like(parameter) if parameter.grad is None else parameter.grad
-        result["grad_" + name] = as_array(grad, f"gradient of {name}")
-    for name, buffer in cell.named_buffers():
-        result[name] = as_array(buffer, name)
-    cell.eval()
-    h = c = torch.zeros(2, inputs["H"])
-    with torch.no_grad():
-        for t, x in enumerate(inputs["x_eval"]):
-            h, c = fn(cell, torch.from_numpy(x), h, c, t)
-            result[f"eval_h_{t}"] = as_array(h, "h_new in eval mode")
-    return result
 
 
 def _variant_outputs(inputs, variant):
@@ -206,22 +163,6 @@ def _reference_predictions():
             "eval_row_for_step_54": cell.bn_hh.step_index(54),
         }
     return predictions
-
-
-def _run_predictions(fn, inputs):
-    answers = fn()
-    if not isinstance(answers, dict):
-        raise SubmissionError(f"predictions() must return a dict, got {type(answers).__name__}")
-    key = inputs["key"]
-    if key not in answers:
-        raise SubmissionError(f"predictions() has no answer for {key!r}")
-    value = answers[key]
-    try:
-        value = [int(v) for v in value] if isinstance(value, (tuple, list)) else int(value)
-    except (TypeError, ValueError):
-        raise SubmissionError(f"the answer to {key!r} must be a number or a tuple of "
-                              f"numbers, got {value!r}") from None
-    return {"value": value}
 
 
 _PREDICTION_HINTS = {

@@ -8,6 +8,7 @@ import numpy as np
 
 from bncourse.grading.checks import (Check, Exercise, SubmissionError, array_mismatch, as_array,
                                      fmt, unpack)
+from bncourse.grading.drivers.l07_why_bn_works import (_run_noise, _run_angular, _run_equilibrium, _run_answers)  # noqa: F401
 
 __all__ = ["EXERCISES", "reference_santurkar_noise", "reference_angular_update",
            "reference_equilibrium", "reference_understanding"]
@@ -31,19 +32,6 @@ def reference_santurkar_noise(a, generator):
     layer = NoisyBatchNorm1d(a.shape[1], generator=generator)
     s, m = layer.draw(a.shape[0])
     return s.to(a.dtype) * a + m.to(a.dtype)
-
-
-def _run_noise(fn, inputs):
-    import torch
-
-    a = torch.from_numpy(inputs["a"].copy())
-    g = torch.Generator().manual_seed(inputs["seed"])
-    out = fn(a, g)
-    if not isinstance(out, torch.Tensor):
-        raise SubmissionError(f"santurkar_noise must return a torch.Tensor, got "
-                              f"{type(out).__name__}")
-    return {"out": as_array(out, "santurkar_noise(a, generator)"),
-            "unchanged": bool(np.array_equal(a.numpy(), inputs["a"]))}
 
 
 def _raw_draws(seed, n, c):
@@ -111,11 +99,6 @@ def reference_angular_update(w_before, w_after):
     return np.arccos(np.clip(cos, -1.0, 1.0))
 
 
-def _run_angular(fn, inputs):
-    out = fn(inputs["w_before"].copy(), inputs["w_after"].copy())
-    return {"out": as_array(out, "angular_update(w_before, w_after)").astype(np.float64)}
-
-
 def _compare_angular(got, expected, inputs):
     wb, wa = inputs["w_before"], inputs["w_after"]
     out = got["out"]
@@ -177,12 +160,6 @@ def reference_equilibrium(lr, weight_decay, unit_grad_norm):
 
     norm = equilibrium_norm(lr, weight_decay, unit_grad_norm)
     return norm, lr / norm**2
-
-
-def _run_equilibrium(fn, inputs):
-    norm, eff = unpack(fn(inputs["lr"], inputs["wd"], inputs["G"]), ("norm", "effective_lr"),
-                       "equilibrium")
-    return {"norm": float(as_array(norm, "norm")), "eff": float(as_array(eff, "effective_lr"))}
 
 
 def _compare_equilibrium(got, expected, inputs):
@@ -255,21 +232,6 @@ QUESTIONS = {
 
 def reference_understanding():
     return {key: spec[1] for key, spec in QUESTIONS.items()}
-
-
-def _run_answers(fn, inputs):
-    answers = fn()
-    if not isinstance(answers, dict):
-        raise SubmissionError(f"understanding() must return a dict, got "
-                              f"{type(answers).__name__}")
-    key = inputs["key"]
-    if key not in answers:
-        raise SubmissionError(f"understanding() has no key {key!r}")
-    value = answers[key]
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise SubmissionError(f"understanding()[{key!r}] must be a number or a string, got "
-                              f"{type(value).__name__}")
-    return {"value": value}
 
 
 def _compare_answer(got, expected, inputs):

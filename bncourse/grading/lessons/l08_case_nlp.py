@@ -12,6 +12,7 @@ import numpy as np
 from bncourse.grading.checks import Check, Exercise, SubmissionError, array_mismatch, as_array
 from bncourse.grading.lessons._common import IMPLEMENT_BN_FORBIDDEN, tensor_attribute
 from bncourse.grading.lessons._l08_cell import PREDICTIONS, STEP
+from bncourse.grading.drivers.l08_case_nlp import (_buffers, _call, _make_norm, _run_norm)  # noqa: F401
 
 __all__ = ["EXERCISES"]
 
@@ -31,86 +32,6 @@ def _reference_norm():
     from bncourse.nn.stepwise import StepwiseBatchNorm
 
     return StepwiseBatchNorm
-
-
-def _make_norm(cls, C, max_length, inputs, bias=True):
-    import torch
-
-    module = cls(C, max_length, momentum=inputs.get("momentum", 0.1), eps=inputs.get("eps", 1e-5),
-                 weight_init=0.1, bias=bias)
-    if not isinstance(module, torch.nn.Module):
-        raise SubmissionError(f"PerStepBatchNorm must subclass torch.nn.Module, got "
-                              f"{type(module).__name__}")
-    from bncourse.nn.stepwise import StepwiseBatchNorm
-
-    if (isinstance(module, (StepwiseBatchNorm, torch.nn.modules.batchnorm._BatchNorm))
-            and type(module) is not StepwiseBatchNorm):  # not the reference itself
-        raise SubmissionError("flagged: PerStepBatchNorm subclasses a batch norm of torch or "
-                              "the course; this exercise asks you to write it yourself")
-    return module
-
-
-def _buffers(module, prefix=""):
-    state = {}
-    for name in ("running_mean", "running_var"):
-        tensor = tensor_attribute(module, name)
-        state[prefix + name] = as_array(tensor, name)
-        state[prefix + name + "_requires_grad"] = bool(tensor.requires_grad
-                                                       or tensor.grad_fn is not None)
-    return state
-
-
-def _call(module, x, t, what):
-    import torch
-
-    y = module(x, t)
-    if not isinstance(y, torch.Tensor):
-        raise SubmissionError(f"forward must return a tensor, got {type(y).__name__}")
-    return as_array(y, what)
-
-
-def _run_norm(cls, inputs):
-    import torch
-
-    part, C, L = inputs["part"], inputs["C"], inputs["max_length"]
-    result = {}
-    torch.manual_seed(0)
-    if part == "init":
-        module = _make_norm(cls, C, L, inputs)
-        result["parameters"] = sorted(n for n, _ in module.named_parameters())
-        result["buffers"] = sorted(n for n, _ in module.named_buffers())
-        for name in ("weight", "running_mean", "running_var"):
-            result[name] = as_array(tensor_attribute(module, name), name)
-        result["bias"] = as_array(tensor_attribute(module, "bias"), "bias")
-        no_bias = _make_norm(cls, C, L, inputs, bias=False)
-        result["no_bias_parameters"] = sorted(n for n, _ in no_bias.named_parameters())
-        result["no_bias_is_none"] = getattr(no_bias, "bias", "missing") is None
-        return result
-    module = _make_norm(cls, C, L, inputs)
-    with torch.no_grad():
-        tensor_attribute(module, "weight").copy_(torch.from_numpy(inputs["weight"]))
-        tensor_attribute(module, "bias").copy_(torch.from_numpy(inputs["bias"]))
-    module.train()
-    for t, (x, dy) in enumerate(zip(inputs["x"], inputs["dy"])):
-        xt = torch.tensor(x, requires_grad=True)
-        y = module(xt, t)
-        if not isinstance(y, torch.Tensor):
-            raise SubmissionError(f"forward must return a tensor, got {type(y).__name__}")
-        result[f"train_{t}"] = as_array(y, f"training output at step {t}")
-        y.backward(torch.from_numpy(dy))
-        if xt.grad is None:
-            raise SubmissionError("no gradient reached the input: is the output computed "
-                                  "from it with torch operations?")
-        result[f"grad_{t}"] = as_array(xt.grad, f"gradient of the input at step {t}")
-    result.update(_buffers(module))
-    module.eval()
-    with torch.no_grad():
-        for t, x in enumerate(inputs["x_eval"]):
-            result[f"eval_{t}"] = _call(module, torch.from_numpy(x), t, f"eval output at step {t}")
-        result["eval_one"] = _call(module, torch.from_numpy(inputs["x_eval"][0][:1]), 0,
-                                   "eval output for a batch of one")
-    result.update(_buffers(module, "after_eval_"))
-    return result
 
 
 def _simulate(inputs, rows="clamp", unbiased=True, momentum=None):

@@ -12,6 +12,7 @@ import numpy as np
 
 from bncourse.grading.checks import Check, Exercise, SubmissionError, array_mismatch, as_array
 from bncourse.grading.lessons._rl_networks import build_net, net_inputs, norms, stats, tensors
+from bncourse.grading.drivers.l09_case_rl import (TRAIN_MODE_ERROR, _run_act, _run_target, _run_critic, _run_modes, _run_prediction)  # noqa: F401
 
 __all__ = ["EXERCISES", "reference_act", "reference_dqn_target", "reference_critic_pass",
            "reference_set_modes", "reference_two_state_prediction", "PHASES"]
@@ -27,8 +28,6 @@ FORBIDDEN = tuple(f"bncourse.cases.rl.{name}" for name in (
         ("dqn", "greedy_actions"), ("dqn", "dqn_targets"), ("dqn", "td_target"),
         ("crossq", "joint_critic_pass"), ("crossq", "soft_td_target")))
 PHASES = ("act", "next_action", "critic_loss", "actor_loss")
-TRAIN_MODE_ERROR = "more than 1 value per channel"
-
 # --- act ------------------------------------------------------------------------------------
 
 
@@ -46,27 +45,6 @@ def _act_inputs(rng):
     spec = net_inputs(rng, [4, 16, 16, 3], input_norm=True)
     spec["states"] = (rng.normal(0, 1, (12, 4)) * np.array([1, 2, 0.2, 2])).astype(np.float32)
     return spec
-
-
-def _run_act(fn, inputs):
-    net = build_net(inputs)
-    before = stats(net)
-    actions = []
-    try:
-        for state in inputs["states"]:
-            action = fn(net, state.copy())
-            try:
-                actions.append(int(action))
-            except (TypeError, ValueError, RuntimeError):
-                raise SubmissionError(f"act must return an int action, got "
-                                      f"{type(action).__name__}") from None
-    except ValueError as exc:
-        if TRAIN_MODE_ERROR in str(exc):
-            return {"train_mode_error": True}
-        raise
-    return {"actions": actions, "train_mode_error": False, "still_training": net.training and
-            all(m.training for m in net.modules()), "stats_unchanged": bool(
-                np.array_equal(before, stats(net)))}
 
 
 def _compare_act(got, expected, inputs):
@@ -126,16 +104,6 @@ def _target_inputs(gamma=0.97):
                     terminated=(rng.random(B) < 0.3).astype(np.float32), gamma=gamma)
         return spec
     return make
-
-
-def _run_target(fn, inputs):
-    net = build_net(inputs)
-    before = stats(net)
-    reward, terminated, next_obs = tensors(inputs, "reward", "terminated", "next_obs")
-    y = fn(net, reward, terminated, next_obs, inputs["gamma"])
-    requires_grad = bool(getattr(y, "requires_grad", False))
-    return {"y": as_array(y, "the TD target").reshape(-1), "requires_grad": requires_grad,
-            "stats_unchanged": bool(np.array_equal(before, stats(net)))}
 
 
 def _target_alternatives(inputs):
@@ -200,22 +168,6 @@ def _critic_inputs(rng):
                 next_action=np.tanh(rng.normal(0.8, 0.3, (B, 1))).astype(np.float32))
     spec["start_training"] = bool(rng.random() < 0.5)
     return spec
-
-
-def _run_critic(fn, inputs):
-    from bncourse.grading.checks import unpack
-
-    net = build_net(inputs, training=inputs["start_training"])
-    counts = [int(m.num_batches_tracked) for m in norms(net)]
-    out = unpack(fn(net, *tensors(inputs, "obs", "action", "next_obs", "next_action")),
-                 ("q", "q_next"), "critic_pass")
-    q, q_next = out
-    return {"q": as_array(q, "q").reshape(-1), "q_next": as_array(q_next, "q_next").reshape(-1),
-            "q_grad": bool(getattr(q, "requires_grad", False)),
-            "q_next_grad": bool(getattr(q_next, "requires_grad", False)),
-            "training": net.training,
-            "updates": [int(m.num_batches_tracked) - c for m, c in zip(norms(net), counts)],
-            "stats": stats(net)}
 
 
 def _critic_alternatives(inputs, which):
@@ -306,14 +258,6 @@ def _modes_inputs(phase):
     return make
 
 
-def _run_modes(fn, inputs):
-    actor = build_net(inputs["actor"], inputs["start"][0])
-    critic = build_net(inputs["critic"], inputs["start"][1])
-    fn(actor, critic, inputs["phase"])
-    return {"actor": [bool(m.training) for m in norms(actor)],
-            "critic": [bool(m.training) for m in norms(critic)]}
-
-
 def _compare_modes(got, expected, inputs):
     from bncourse.cases.rl.crossq import PASS_MODES
 
@@ -353,15 +297,6 @@ def reference_two_state_prediction():
 
     x = torch.tensor([[0.3, -2.0, 5.0], [1.1, 4.0, 4.0]])
     return float(BatchNorm1d(3, affine=False).train()(x).abs().mean())
-
-
-def _run_prediction(fn, inputs):
-    value = fn()
-    try:
-        return {"value": float(value)}
-    except (TypeError, ValueError):
-        raise SubmissionError(f"two_state_prediction must return a number, got "
-                              f"{type(value).__name__}") from None
 
 
 def _compare_prediction(got, expected, inputs):
