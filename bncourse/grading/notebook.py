@@ -63,12 +63,21 @@ def _is_check_call(node: ast.AST) -> bool:
         isinstance(func, ast.Name) and func.id == "check")
 
 
+# A code cell the grader does not run (the notebook still runs it for the learner).
+NOT_GRADED_TAG = "bncourse-not-graded"
+
+
 def code_cells(nb: dict) -> list[tuple[int, str]]:
     """(cell index, source) of each code cell to execute when grading: magics commented out,
-    `bncourse.check(...)` statements dropped (the grader runs its own checks)."""
+    `bncourse.check(...)` statements dropped (the grader runs its own checks), and cells tagged
+    `bncourse-not-graded` (a demonstration with the course's own layers, which a sealed
+    grading process cannot import) left out."""
     cells = []
     for index, cell in enumerate(nb["cells"]):
         if not isinstance(cell, dict) or cell.get("cell_type") != "code":
+            continue
+        tags = (cell.get("metadata") or {}).get("tags") or []
+        if isinstance(tags, list) and NOT_GRADED_TAG in tags:
             continue
         source = _strip_magics(_source(cell))
         try:

@@ -75,3 +75,18 @@ def check_messages(exercise_id, obj):
 
     report = bncourse.check(exercise_id, obj, quiet=True)
     return report, [c.message for c in report.result.checks if c.points < c.max_points]
+
+
+# The two module-02 exercises GOOD_STATS and GOOD_FORWARD answer (module 02 has more; a test
+# notebook that holds only these two is judged on them).
+GOOD_IDS = ("02.batch_statistics", "02.batchnorm_forward")
+
+
+def good_exercises(report):
+    return [e for e in report.exercises if e.id in GOOD_IDS]
+
+
+def good_full_marks(report) -> bool:
+    """Every check of the exercises GOOD_STATS and GOOD_FORWARD answer passed."""
+    found = good_exercises(report)
+    return len(found) == len(GOOD_IDS) and all(e.points == e.max_points for e in found)

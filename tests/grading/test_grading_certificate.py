@@ -454,7 +454,7 @@ def test_the_key_is_read_only_after_grading(tmp_path, keys, monkeypatch, capsys)
 
 @pytest.mark.parametrize("points, drop, corrupt, message", [
     (3, 0, False, "module 02: 60%, below the pass mark of 80%"),
-    (5, 1, False, "module 09: missing (expected 09_case_rl_exercises.ipynb"),
+    (5, 1, False, "module 12: missing (expected 12_capstone_exercises.ipynb"),  # the last required
     (5, 0, True, "module 03: 03_backward_exercises.ipynb is corrupted"),
 ])
 def test_no_certificate_and_why(tmp_path, monkeypatch, capsys, points, drop, corrupt, message):

@@ -194,3 +194,12 @@ def test_filled_in_is_false_for_an_authors_stale_stubs():
     learner = {"cells": [{"cell_type": "code", "source": "def f():\n    return 1"}]}
     assert not assign.filled_in(stale, generated) and not assign.filled_in(generated, generated)
     assert assign.filled_in(learner, generated)
+
+
+def test_cells_tagged_not_graded_are_not_run_by_the_grader():
+    from bncourse.grading.notebook import NOT_GRADED_TAG, code_cells
+
+    nb = {"cells": [{"cell_type": "code", "metadata": {}, "source": "a = 1"},
+                    {"cell_type": "code", "metadata": {"tags": [NOT_GRADED_TAG]},
+                     "source": "import bncourse.nn"}]}
+    assert [source for _, source in code_cells(nb)] == ["a = 1"]

@@ -6,7 +6,7 @@ import pytest
 from bncourse.grading.grade import grade_notebook
 from bncourse.grading.sandbox import SandboxLimits, _Conversation, _ProtocolError
 
-from grading_helpers import GOOD_FORWARD, GOOD_STATS, LIMITS, SETUP, folder_hashes, write_notebook
+from grading_helpers import good_exercises, good_full_marks, GOOD_FORWARD, GOOD_STATS, LIMITS, SETUP, folder_hashes, write_notebook
 
 CELLS = [(1, "a = 1"), (3, "b = 2")]
 TASKS = [{"task": 0, "exercise": "02.batch_statistics"},
@@ -144,8 +144,13 @@ def test_a_cell_writing_to_the_channel_scores_zero(tmp_path, forger):
     before = folder_hashes(tmp_path)
     report = grade_notebook(path, LIMITS, seed=5)
     assert folder_hashes(tmp_path) == before
+    messages = [c.message for e in good_exercises(report) for c in e.checks]
+    if forger is FORGE_LATE and not any("protocol error" in e for e in report.errors):
+        # The thread could not reach a pipe (in the sealed child, listing /proc/self/fd is
+        # refused and the thread dies): the answers are the honest ones, nothing forged counted.
+        assert good_full_marks(report) and not any("protocol" in m for m in messages)
+        return
     assert report.points == 0, [c.message for e in report.exercises for c in e.checks]
-    messages = [c.message for e in report.exercises for c in e.checks]
     if forger is FORGE_SEND:  # the static check says it first
         assert all("frame introspection" in m for m in messages), messages
     else:
@@ -158,7 +163,7 @@ def test_grading_works_without_landlock_and_seccomp(tmp_path):
                            landlock=False, seccomp=False)
     path = write_notebook(tmp_path, "02_forward_exercises.ipynb", [SETUP, GOOD_FORWARD, GOOD_STATS])
     report = grade_notebook(path, limits, seed=5)
-    assert report.points == report.max_points
+    assert good_full_marks(report)
 
 
 # --- the pieces: which child an exercise needs, the static evasion check, the harness call ----
@@ -172,7 +177,7 @@ from bncourse.grading.sandbox import child_mode  # noqa: E402
     ("02.batch_statistics", "sealed"), ("02.batchnorm_forward", "sealed"),
     ("03.numerical_gradient", "plain"), ("03.batchnorm_backward", "sealed"),
     ("04.BatchNorm1d", "sealed"), ("05.batchnorm_eval", "sealed"),
-    ("05.fold_linear_bn", "plain"), ("05.recalibrate_bn", "plain"),
+    ("05.fold_conv_bn", "plain"), ("05.recalibrate_bn", "plain"),
     ("06.inception_block", "layers"), ("08.PerStepBatchNorm", "layers"), ("09.act", "layers"),
 ])
 def test_child_mode(exercise_id, mode):

@@ -70,7 +70,8 @@ class _Blocker:
 
     def find_spec(self, name, path=None, target=None):
         if self._refused(name):
-            raise ImportError(f"{name} cannot be imported while grading (this exercise asks "
+            # ModuleNotFoundError (an ImportError): libraries' optional imports treat it as absent
+            raise ModuleNotFoundError(f"{name} cannot be imported while grading (this exercise asks "
                               "you to write it yourself)", name=name)
         return None
 
