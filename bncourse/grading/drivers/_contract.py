@@ -20,7 +20,7 @@ import numpy as np
 
 __all__ = ["SubmissionError", "SealedCall", "as_array", "unpack", "encode", "decode",
            "roundtrip", "tensor_attribute", "CheckTimeout", "time_limit", "describe_exception",
-           "Recorder", "resolve", "call_driver", "run_questions", "MAX_ARRAY_BYTES"]
+           "Recorder", "resolve", "call_driver", "MAX_ARRAY_BYTES"]
 
 # Largest array a learner's process may send back (bytes); results here are a few kilobytes.
 MAX_ARRAY_BYTES = 16 * 2**20
@@ -308,14 +308,3 @@ def call_driver(run, obj, name: str, kind: str, inputs: dict, timeout, recorder=
     if outcome["status"] != "ok":
         outcome["result"] = None
     return outcome
-
-
-def run_questions(fn, inputs):
-    """The driver of every module's questions exercise (02-05): questions(name, data) -> a
-    number or an array of numbers."""
-    data = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in inputs["data"].items()}
-    value = fn(inputs["question"], data)
-    if isinstance(value, (str, bytes)):
-        raise SubmissionError(f"the answer to {inputs['question']!r} must be a number or an "
-                              f"array of numbers, got the string {value!r:.40}")
-    return {"value": as_array(value, f"the answer to {inputs['question']!r}").astype(np.float64)}
