@@ -132,3 +132,24 @@ def test_digits_images_bad_test_fraction():
 
     with pytest.raises(ValueError, match="test_fraction"):
         load_digits_images(test_fraction=1.5)
+
+
+def test_digits_read_without_sklearn_match_sklearns_loader():
+    """`load_digits` reads scikit-learn's shipped file itself (no second-long sklearn import):
+    the very arrays `sklearn.datasets.load_digits` returns, read-only, without importing it."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    from bncourse.data.datasets import _digits_arrays
+
+    data, target = _digits_arrays()
+    bunch = sk_load_digits()
+    np.testing.assert_array_equal(data, bunch.data)
+    np.testing.assert_array_equal(target, bunch.target)
+    assert data.dtype == bunch.data.dtype and not data.flags.writeable
+    code = ("import sys; from bncourse.data import load_digits; load_digits(); "
+            "print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

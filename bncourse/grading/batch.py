@@ -59,7 +59,7 @@ def grade_learner(folder: str, limits: SandboxLimits, seed: int) -> dict:
     entry = {"learner": Path(folder).name, "folder": str(folder), "seed": seed, "report": None,
              "error": None, "problems": []}
     try:
-        report = grade_path(folder, limits, seed=seed)
+        report = grade_path(folder, limits, seed=seed, workers=1)  # learners run side by side
         entry["report"] = report
         entry["problems"] = problems(report, folder)
     except GraderError as exc:

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import resource
 import secrets
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +36,8 @@ from bncourse.grading.results import (CheckResult, ExerciseResult, clean_text, e
 from bncourse.grading.sandbox import SandboxLimits, run_notebook
 
 __all__ = ["NotebookReport", "GradeReport", "grade_notebook", "grade_path", "find_notebooks",
-           "GRADER_VERSION", "GraderError", "NotGradable", "CORRUPTED", "check_limits"]
+           "GRADER_VERSION", "GraderError", "NotGradable", "CORRUPTED", "check_limits",
+           "default_workers"]
 
 GRADER_VERSION = 1
 CORRUPTED = "corrupted"
@@ -182,11 +185,23 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def grade_notebook(path, limits: SandboxLimits = SandboxLimits(), seed: int | None = None,
-                   display_path: str | None = None) -> NotebookReport:
-    """Grade one notebook. NotebookError if it cannot be read as a notebook."""
+@dataclass
+class _Prepared:
+    """A notebook read and planned, waiting for its sandbox run."""
+
+    path: Path
+    data: bytes
+    report: NotebookReport
+    cells: list
+    plan: list  # (exercise, check, inputs, check index), in task order
+    tasks: list
+    seed: int
+
+
+def _prepare(path, seed: int, display_path: str | None) -> _Prepared | NotebookReport:
+    """Read the notebook, find its module and make every check's inputs (NotebookError if it
+    cannot be read); a NotebookReport when there is nothing to run."""
     path = Path(path)
-    seed = secrets.randbelow(2**31) if seed is None else seed
     data = path.read_bytes()
     report = NotebookReport(path=display_path or str(path), sha256=_sha256(data), module=None)
     nb = load_notebook(data, path.name)
@@ -195,14 +210,22 @@ def grade_notebook(path, limits: SandboxLimits = SandboxLimits(), seed: int | No
     if not exercises:
         report.errors.append(f"no graded exercises for module {report.module!r}")
         return report
-    cells = code_cells(nb)
     tasks, plan = [], []
     for exercise in exercises:
         for index, check in enumerate(exercise.checks):
             inputs = make_inputs(exercise, index, seed)
             plan.append((exercise, check, inputs, index))
             tasks.append({"task": len(tasks), "exercise": exercise.id, "inputs": inputs})
-    sandbox = run_notebook(data, path.name, cells, tasks, limits)
+    return _Prepared(path, data, report, code_cells(nb), plan, tasks, seed)
+
+
+def _run(prepared: _Prepared, limits: SandboxLimits):
+    return run_notebook(prepared.data, prepared.path.name, prepared.cells, prepared.tasks, limits)
+
+
+def _score(prepared: _Prepared, sandbox, limits: SandboxLimits) -> NotebookReport:
+    """Score every check of a notebook from its sandbox outcome, in the grader's process."""
+    report, cells, seed = prepared.report, prepared.cells, prepared.seed
     if any("failed to start" in note for note in sandbox.notes) and not sandbox.cell_errors:
         error = _grader_start_error(limits.memory_mb)
         if error:
@@ -217,7 +240,7 @@ def grade_notebook(path, limits: SandboxLimits = SandboxLimits(), seed: int | No
         report.errors.append("the notebook's code wrote to the notebook file while being "
                              "graded: every check scores 0")
     results = {}
-    for task_index, (exercise, check, inputs, index) in enumerate(plan):
+    for task_index, (exercise, check, inputs, index) in enumerate(prepared.plan):
         static = forbidden_uses(cells, exercise.name, exercise.forbidden)
         result = evaluate(exercise, check, inputs, _decoded(sandbox.task_outcomes[task_index]),
                           static,
@@ -230,6 +253,21 @@ def grade_notebook(path, limits: SandboxLimits = SandboxLimits(), seed: int | No
     return report
 
 
+def grade_notebook(path, limits: SandboxLimits = SandboxLimits(), seed: int | None = None,
+                   display_path: str | None = None) -> NotebookReport:
+    """Grade one notebook. NotebookError if it cannot be read as a notebook."""
+    seed = secrets.randbelow(2**31) if seed is None else seed
+    prepared = _prepare(path, seed, display_path)
+    if isinstance(prepared, NotebookReport):
+        return prepared
+    return _score(prepared, _run(prepared, limits), limits)
+
+
+def default_workers() -> int:
+    """Notebooks graded side by side: one per core, at most 2 (each runs up to two children)."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
 def find_notebooks(path: Path) -> list[Path]:
     """The notebooks to grade under `path` (a notebook, or a folder searched recursively)."""
     if path.is_file():
@@ -238,13 +276,22 @@ def find_notebooks(path: Path) -> list[Path]:
 
 
 def grade_path(path, limits: SandboxLimits = SandboxLimits(), seed: int | None = None,
-               modules=None) -> GradeReport:
+               modules=None, workers: int | None = None) -> GradeReport:
     """Grade a notebook or every exercise notebook in a folder.
+
+    The notebooks' sandboxes run `workers` at a time (default `default_workers()`; each
+    notebook still has its own children, limits and time budget); every check is then scored
+    here one notebook after another, so the result does not depend on `workers`.
 
     ValueError for a path that does not exist, is not a notebook, or holds none; for a
     notebook given directly, also when it is corrupted or not an exercise notebook of this
     course (`NotGradable`). GraderError when the grader cannot start under `limits`.
     """
+    workers = default_workers() if workers is None else workers
+    if isinstance(workers, bool) or not isinstance(workers, int):
+        raise TypeError(f"workers must be an int, got {type(workers).__name__}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path}: no such file or folder")
@@ -286,7 +333,13 @@ def grade_path(path, limits: SandboxLimits = SandboxLimits(), seed: int | None =
                                   f"({what}; graded modules: {graded})")
             report.skipped.append(shown)
             continue
-        report.notebooks.append(grade_notebook(nb_path, limits, seed, display_path=shown))
+        prepared = _prepare(nb_path, seed, shown)
+        report.notebooks.append(prepared)
+    pending = [p for p in report.notebooks if isinstance(p, _Prepared)]
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(pending)))) as pool:
+        outcomes = dict(zip(map(id, pending), pool.map(lambda p: _run(p, limits), pending)))
+    report.notebooks = [_score(p, outcomes[id(p)], limits) if isinstance(p, _Prepared) else p
+                        for p in report.notebooks]
     return report
 
 

@@ -6,13 +6,14 @@ result (a missing key, a wrong type) scores 0 with a message; it never raises.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from bncourse.grading.checks import Check, Exercise, roundtrip
 from bncourse.grading.runner import describe_exception
 
 __all__ = ["CheckResult", "ExerciseResult", "evaluate", "expected_result", "make_inputs",
-           "clean_text"]
+           "clean_text", "LazyExpected", "GraderError"]
 
 
 @dataclass
@@ -67,6 +68,41 @@ def expected_result(exercise: Exercise, check: Check, inputs: dict, key=None) ->
     return result
 
 
+class LazyExpected(Mapping):
+    """The reference's result, computed on first use.
+
+    Many checks compare against a fixed target (a test accuracy above a threshold) and read the
+    reference's result only to word the hint of a failed check. A passing submission then
+    never pays for the reference's training run. Any error in the reference is raised on first
+    use, inside `compare`; `evaluate` reports it as the grader's error.
+    """
+
+    def __init__(self, exercise: Exercise, check: Check, inputs: dict, key=None):
+        self._args = (exercise, check, inputs, key)
+        self._value = None
+
+    def _result(self) -> dict:
+        if self._value is None:
+            try:
+                self._value = expected_result(*self._args)
+            except Exception as exc:
+                raise GraderError(describe_exception(exc)) from exc
+        return self._value
+
+    def __getitem__(self, key):
+        return self._result()[key]
+
+    def __iter__(self):
+        return iter(self._result())
+
+    def __len__(self) -> int:
+        return len(self._result())
+
+
+class GraderError(RuntimeError):
+    """The trusted reference failed: a bug in the grader, never the learner's fault."""
+
+
 def clean_text(text, limit: int = 500) -> str:
     """Text from the learner's process made safe to print: one line, no control characters
     (no fake report lines, no terminal escapes), at most `limit` characters."""
@@ -101,16 +137,15 @@ def evaluate(exercise: Exercise, check: Check, inputs: dict, outcome: dict | Non
     if calls:
         result.message = _flag_message(calls)
         return result
-    try:
-        expected = expected_result(exercise, check, inputs, expected_key)
-    except Exception as exc:  # a bug in the grader: say so rather than blame the learner
-        result.message = f"grader error computing the expected result: {describe_exception(exc)}"
-        return result
+    expected = LazyExpected(exercise, check, inputs, expected_key)
     got = outcome.get("result")
     try:
         if not isinstance(got, dict):
             raise TypeError("the result is not a dict")
         message = check.compare(got, expected, inputs)
+    except GraderError as exc:  # a bug in the grader: say so rather than blame the learner
+        result.message = f"grader error computing the expected result: {exc}"
+        return result
     except Exception as exc:
         message = f"the result could not be compared ({describe_exception(exc)})"
     if message:

@@ -43,6 +43,25 @@ def test_json_report_has_checks_and_hashes(solutions_report):
     assert set(check) >= {"name", "points", "max_points", "passed", "message"}
 
 
+def test_one_worker_or_two_give_the_same_report(solutions_report):
+    """Notebooks run side by side, but every check is scored in order in the grader's process:
+    the report (the default is two workers) is the same with one."""
+    picked = [nb for nb in solutions_report.notebooks if nb.module in ("02", "05", "07")]
+    folder = SOLUTIONS
+    one = grade_path(folder, seed=1234, modules=("02", "05", "07"), workers=1)
+    assert [nb.to_json() for nb in one.notebooks] == [nb.to_json() for nb in picked]
+
+
+@pytest.mark.parametrize("workers, error, message", [
+    (0, ValueError, "workers must be at least 1, got 0"),
+    (1.5, TypeError, "workers must be an int, got float"),
+    (True, TypeError, "workers must be an int, got bool"),
+])
+def test_workers_is_checked(workers, error, message):
+    with pytest.raises(error, match=message):
+        grade_path(SOLUTIONS, workers=workers)
+
+
 def test_stubs_score_0_percent():
     before = folder_hashes(EXERCISES)
     report = grade_path(EXERCISES, seed=1)

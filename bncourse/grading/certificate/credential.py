@@ -6,7 +6,8 @@ The record is a W3C Verifiable Credential 2.0 (`@context` VC 2.0 then OB 3.0.3, 
 cryptosuite `eddsa-jcs-2022`: the Ed25519 signature of
 SHA-256(JCS(proof options)) || SHA-256(JCS(credential without its proof)), where JCS is the
 JSON Canonicalization Scheme (RFC 8785). JCS needs no JSON-LD processing, so verifying fetches
-nothing; the course's own terms are an inline context (nothing to fetch either).
+nothing; the course's own terms are an inline context, and the two published contexts are
+bundled (`contexts.py`) for any JSON-LD processor that expands the record, offline.
 
 Every credential is *built* from a few facts (`Facts`: who, when, issuer, the grading); the
 verifier rebuilds it from the facts it holds and compares, so a field that is not one the

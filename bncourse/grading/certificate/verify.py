@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from bncourse.grading import registry
+from bncourse.grading.certificate.contexts import undefined_terms
 from bncourse.grading.certificate.credential import (SELF_ISSUED, CredentialError,
                                                      build_credential, check_proof,
                                                      facts_from_credential, first_difference)
@@ -95,6 +96,14 @@ def check_record(credential, public_key=None, regrade=None,
         rebuilt = build_credential(facts)
     except CredentialError as exc:
         return [f"not a bncourse credential: {exc}"], warnings
+    try:
+        undefined = undefined_terms(credential)
+    except ValueError as exc:  # a context that is not bundled: never fetched
+        undefined = []
+        failures.append(f"the record's @context: {exc}")
+    if undefined:
+        failures.append(f"the record uses properties no context defines (a JSON-LD processor "
+                        f"drops them): {', '.join(undefined[:5])}")
     unsecured = {k: v for k, v in credential.items() if k != "proof"}
     difference = first_difference(unsecured, rebuilt)
     if difference:
