@@ -1,14 +1,15 @@
 """What the confined, sealed grader costs: a passing learner, a hanging one, feedback.
 
     python benchmarks/bench_grading.py            # passing learner + feedback (about a minute)
+    python benchmarks/bench_grading.py --per-module   # ... and each module's notebook alone
     python benchmarks/bench_grading.py --hang     # also a submission that hangs in every check
     python benchmarks/bench_grading.py --hang --swallow   # ... and swallows the time limit
 
-Prints the protections active on this machine, the time to grade each solution notebook in its
-confined child processes (`bncourse grade`'s limits: 20 s per check, 45 s for all checks of a
-notebook), the total against the issue's 30 s, the slowest `bncourse.check` (in-process feedback)
-against 2 s, and with --hang the time per module of a submission whose every graded object hangs,
-against 60 s. See benchmarks/README.md for a measured run.
+Prints the protections active on this machine, the time to grade the solutions folder as
+`bncourse certificate` does (confined child processes, `bncourse grade`'s limits: 20 s per
+check, 45 s for all checks of a notebook; two notebooks at a time) against the issue's 30 s,
+the slowest `bncourse.check` (in-process feedback) against 2 s, and with --hang the time per
+module of a submission whose every graded object hangs, against 60 s. See benchmarks/README.md for a measured run.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 import bncourse
 from bncourse.grading import registry
 from bncourse.grading.confine import active_protections
-from bncourse.grading.grade import grade_notebook
+from bncourse.grading.grade import default_workers, grade_notebook, grade_path
 from bncourse.grading.notebook import code_cells
 from bncourse.grading.sandbox import SandboxLimits, child_mode
 
@@ -65,6 +66,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hang", action="store_true")
     parser.add_argument("--swallow", action="store_true")
+    parser.add_argument("--per-module", action="store_true",
+                        help="also grade each module's notebook alone and time it")
     args = parser.parse_args()
     print("protections:", ", ".join(f"{k}={v}" for k, v in active_protections().items()))
     print(f"cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f}")
@@ -73,21 +76,28 @@ def main() -> None:
     subprocess.run([sys.executable, "-I", "-c", "import numpy, torch"], check=True)
     print(f"one interpreter start (import numpy, torch): {time.perf_counter() - start:.2f} s")
 
-    total, total_cpu, checks = 0.0, 0.0, 0
-    for module in registry.REQUIRED_MODULES:
-        path = SOLUTIONS / registry.NOTEBOOKS[module]
-        modes = sorted({child_mode(e) for e in registry.module_exercises(module)})
-        start, cpu = time.perf_counter(), cpu_seconds()
-        report = grade_notebook(path, LIMITS, seed=0)
-        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
-        total += seconds
-        total_cpu += cpu
-        checks += sum(len(e.checks) for e in report.exercises)
-        print(f"passing {module}: {seconds:5.1f} s wall, {cpu:5.1f} s CPU  "
-              f"{report.points}/{report.max_points} points, children: {'+'.join(modes)}")
-    print(f"passing learner, all {len(registry.REQUIRED_MODULES)} modules ({checks} checks): "
-          f"{total:.1f} s wall, {total_cpu:.1f} s CPU (target < 30 s); load average now "
+    # What `bncourse certificate` and `bncourse grade FOLDER` do: the whole folder, the
+    # notebooks' sandboxes two at a time (grade.default_workers()), scored in order.
+    start, cpu = time.perf_counter(), cpu_seconds()
+    report = grade_path(SOLUTIONS, LIMITS, seed=0, modules=registry.REQUIRED_MODULES)
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    checks = sum(len(e.checks) for nb in report.notebooks for e in nb.exercises)
+    points = sum(nb.points for nb in report.notebooks)
+    max_points = sum(nb.max_points for nb in report.notebooks)
+    print(f"passing learner, all {len(registry.REQUIRED_MODULES)} modules ({checks} checks, "
+          f"{points}/{max_points} points), {default_workers()} notebooks at a time: "
+          f"{seconds:.1f} s wall, {cpu:.1f} s CPU (target < 30 s); load average now "
           f"{os.getloadavg()[0]:.1f}")
+
+    if args.per_module:
+        for module in registry.REQUIRED_MODULES:
+            path = SOLUTIONS / registry.NOTEBOOKS[module]
+            modes = sorted({child_mode(e) for e in registry.module_exercises(module)})
+            start, cpu = time.perf_counter(), cpu_seconds()
+            report = grade_notebook(path, LIMITS, seed=0)
+            seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+            print(f"  passing {module} alone: {seconds:5.1f} s wall, {cpu:5.1f} s CPU  "
+                  f"{report.points}/{report.max_points} points, children: {'+'.join(modes)}")
 
     namespace = {"__name__": "solutions"}
     for module in registry.REQUIRED_MODULES:

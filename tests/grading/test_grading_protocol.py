@@ -185,7 +185,8 @@ def test_child_mode(exercise_id, mode):
 
 
 def test_every_driver_lives_in_grading_drivers():
-    assert all(e.run.__module__.startswith("bncourse.grading.drivers.l")
+    assert all(e.run.__module__.startswith("bncourse.grading.drivers.")
+               and e.run.__module__ != "bncourse.grading.drivers._child"
                for e in registry.EXERCISES.values())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from bncourse.grading.drivers._contract import SubmissionError, as_array, unpack
+from bncourse.grading.drivers._questions import run_questions  # noqa: F401 (re-exported)
 
 __all__ = ["run_batch_statistics", "run_batchnorm_forward", "run_batchnorm_forward_axis",
            "run_questions"]
@@ -34,12 +35,3 @@ def run_batchnorm_forward_axis(fn, inputs):
     kwargs = {} if inputs["axis"] == -1 else {"axis": inputs["axis"]}
     return _forward(fn, inputs, kwargs, "batchnorm_forward_axis")
 
-
-def run_questions(fn, inputs):
-    """questions(name, data) -> a number or an array of numbers."""
-    data = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in inputs["data"].items()}
-    value = fn(inputs["question"], data)
-    if isinstance(value, (str, bytes)):
-        raise SubmissionError(f"the answer to {inputs['question']!r} must be a number or an "
-                              f"array of numbers, got the string {value!r:.40}")
-    return {"value": as_array(value, f"the answer to {inputs['question']!r}").astype(np.float64)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from bncourse.grading.drivers._contract import SubmissionError, as_array, unpack
+from bncourse.grading.drivers._questions import run_questions  # noqa: F401 (re-exported)
 
 __all__ = ["STAGES", "test_function", "run_numerical_gradient", "run_batchnorm_backward",
            "run_questions"]
@@ -54,12 +55,3 @@ def run_batchnorm_backward(fn, inputs):
         result["float64"] = _call_backward(fn, inputs, inputs["x"].astype(np.float64))
     return result
 
-
-def run_questions(fn, inputs):
-    """questions(name, data) -> a number or an array of numbers."""
-    data = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in inputs["data"].items()}
-    value = fn(inputs["question"], data)
-    if isinstance(value, (str, bytes)):
-        raise SubmissionError(f"the answer to {inputs['question']!r} must be a number or an "
-                              f"array of numbers, got the string {value!r:.40}")
-    return {"value": as_array(value, f"the answer to {inputs['question']!r}").astype(np.float64)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from bncourse.grading.drivers._contract import SubmissionError, as_array, unpack
+from bncourse.grading.drivers._questions import run_questions  # noqa: F401 (re-exported)
 
 __all__ = ["STATE", "run_batchnorm1d", "run_function", "run_questions", "small_cnn"]
 
@@ -222,12 +223,3 @@ def run_function(cls, inputs):
             result[f"d{name}"] = as_array(g, f"the gradient of {name}")
     return result
 
-
-def run_questions(fn, inputs):
-    """questions(name, data) -> a number or an array of numbers."""
-    data = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in inputs["data"].items()}
-    value = fn(inputs["question"], data)
-    if isinstance(value, (str, bytes)):
-        raise SubmissionError(f"the answer to {inputs['question']!r} must be a number or an "
-                              f"array of numbers, got the string {value!r:.40}")
-    return {"value": as_array(value, f"the answer to {inputs['question']!r}").astype(np.float64)}
