@@ -9,6 +9,7 @@ import numpy as np
 from bncourse.grading.checks import (Check, Exercise, SubmissionError, array_mismatch, as_array,
                                      fmt, unpack)
 from bncourse.grading.drivers.l07_why_bn_works import (_run_noise, _run_angular, _run_equilibrium, _run_answers)  # noqa: F401
+from bncourse.grading.lessons._common import prediction_checks
 
 __all__ = ["EXERCISES", "reference_santurkar_noise", "reference_angular_update",
            "reference_equilibrium", "reference_understanding"]
@@ -234,27 +235,12 @@ def reference_understanding():
     return {key: spec[1] for key, spec in QUESTIONS.items()}
 
 
-def _compare_answer(got, expected, inputs):
-    kind, want, extra, hint = QUESTIONS[inputs["key"]]
-    value = got["value"]
-    if kind == "number":
-        if isinstance(value, str):
-            return f"{inputs['key']}: give a number (a factor), got the string {value!r}"
-        if abs(value - want) <= extra:
-            return None
-        return f"{inputs['key']}: {fmt(value)} is not right. Hint: {hint}"
-    if value not in extra:
-        return f"{inputs['key']}: {value!r} is not one of the choices {list(extra)}"
-    if value != want:
-        return f"{inputs['key']}: {value!r} is not what the lesson measured. Hint: {hint}"
-    return None
-
 
 UNDERSTANDING = Exercise(
     uses_course_layers=True, module="07", name="understanding", kind="function",
     run=_run_answers, reference=lambda: reference_understanding,
-    checks=tuple(Check(f"prediction: {key}", (lambda k: lambda rng: {"key": k})(key),
-                       _compare_answer) for key in QUESTIONS),
+    checks=prediction_checks(QUESTIONS, number_word="a number (a factor)",
+                             wrong="is not what the lesson measured"),
 )
 
 EXERCISES = (SANTURKAR_NOISE, ANGULAR_UPDATE, EQUILIBRIUM, UNDERSTANDING)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from bncourse.grading.checks import Check, Exercise, array_mismatch, fmt
+from bncourse.grading.checks import Check, Exercise, array_mismatch
 from bncourse.grading.drivers.l10_variants_small_batch import (run_answers, run_group_norm,
                                                                run_renorm)
-from bncourse.grading.lessons._common import IMPLEMENT_BN_FORBIDDEN
+from bncourse.grading.lessons._common import IMPLEMENT_BN_FORBIDDEN, prediction_checks
 
 __all__ = ["EXERCISES", "reference_group_norm_channels_last", "reference_batch_renorm_train",
            "reference_small_batch_predictions", "QUESTIONS"]
@@ -297,27 +297,11 @@ def reference_small_batch_predictions():
     return {key: spec[1] for key, spec in QUESTIONS.items()}
 
 
-def _compare_answer(got, expected, inputs):
-    kind, want, extra, hint = QUESTIONS[inputs["key"]]
-    value = got["value"]
-    if kind == "number":
-        if isinstance(value, str):
-            return f"{inputs['key']}: give a number, got the string {value!r}"
-        if abs(value - want) <= extra:
-            return None
-        return f"{inputs['key']}: {fmt(value)} is not right. Hint: {hint}"
-    if value not in extra:
-        return f"{inputs['key']}: {value!r} is not one of the choices {list(extra)}"
-    if value != want:
-        return f"{inputs['key']}: {value!r} is not right. Hint: {hint}"
-    return None
-
 
 UNDERSTANDING = Exercise(
     module="10", name="small_batch_predictions", kind="function",
     run=run_answers, reference=lambda: reference_small_batch_predictions,
-    checks=tuple(Check(f"prediction: {key}", (lambda k: lambda rng: {"key": k})(key),
-                       _compare_answer) for key in QUESTIONS),
+    checks=prediction_checks(QUESTIONS),
 )
 
 EXERCISES = (GROUP_NORM, RENORM, UNDERSTANDING)
