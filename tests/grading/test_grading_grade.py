@@ -79,6 +79,13 @@ def test_exercises_are_generated_from_solutions():
                           + "; ".join(problems))
 
 
+@pytest.mark.parametrize("module", registry.REQUIRED_MODULES)
+def test_every_stub_notebook_exists_without_solutions(module):
+    text = (EXERCISES / registry.NOTEBOOKS[module]).read_text()
+    assert "BEGIN SOLUTION" not in text and "END SOLUTION" not in text
+    assert "NotImplementedError" in text
+
+
 def test_exercise_notebooks_are_committed_executed():
     for path in EXERCISES.glob("*.ipynb"):
         nb = json.loads(path.read_text())

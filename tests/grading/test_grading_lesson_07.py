@@ -14,33 +14,6 @@ def solution_source():
     return "\n\n".join(cells)
 
 
-NAMES = [("07.santurkar_noise", "santurkar_noise"), ("07.angular_update", "angular_update"),
-         ("07.equilibrium", "equilibrium"), ("07.understanding", "understanding")]
-
-
-@pytest.mark.parametrize("exercise, name", NAMES)
-def test_solution_passes(solution_source, exercise, name):
-    report, messages = check_messages(exercise, solution_objects(solution_source, NOTEBOOK)[name])
-    assert report.score == 1.0, messages
-
-
-def test_stubs_score_zero():
-    def stub(*args, **kwargs):
-        raise NotImplementedError
-
-    for exercise, _ in NAMES:
-        report = bncourse.check(exercise, stub, quiet=True)
-        assert report.score == 0 and report.not_implemented
-        assert "not implemented yet" in report.text()
-
-
-def test_the_generated_stub_notebook_exists_without_solutions():
-    from grading_helpers import EXERCISES
-
-    text = (EXERCISES / NOTEBOOK).read_text()
-    assert "BEGIN SOLUTION" not in text and "NotImplementedError" in text
-
-
 NOISE_MISTAKES = [
     ("shift before scale", {"return s.to(a.dtype) * a + m.to(a.dtype)":
                             "return s.to(a.dtype) * (a + m.to(a.dtype))"}, "scale first"),
