@@ -12,12 +12,15 @@ from bncourse.grading.drivers._contract import SubmissionError
 __all__ = ['TRAIN', '_run_structure', '_run_train', '_run_block', '_run_answers']
 
 
-# The grader's training run: SGD with momentum 0.9 at 4x the lesson's base rate 0.05, 150
-# steps (about 1-2 s on a loaded core). Over 20 grader seeds (splits and initialisations) the
-# reference reached 0.976-0.99 test accuracy; at lr 0.5 it varied from 0.91 to 0.99, too close
-# to any threshold. A 2x2 average pool before the classifier keeps enough of the 8x8 layout
-# (global average pooling left the reference near 0.6).
-TRAIN = dict(steps=150, batch_size=60, lr=0.2, momentum=0.9, threshold=0.93)
+# The grader's training run: SGD with momentum 0.9 at 4x the lesson's base rate 0.05, 100
+# steps (about 1.6 s on one core; in-notebook feedback must stay under 2 s). Over 20 grader
+# seeds (splits and initialisations) the reference reached 0.962-0.987 test accuracy at 100
+# steps (0.976-0.99 at 150); at lr 0.5 it varied from 0.91 to 0.99, too close to any
+# threshold. At lr 0.2 a block without BN also trains (0.94-0.98 over 8 seeds): this check
+# tests that the block works end to end and keeps running statistics for eval mode; the
+# structure checks test where BN sits. A 2x2 average pool before the classifier keeps enough
+# of the 8x8 layout (global average pooling left the reference near 0.6).
+TRAIN = dict(steps=100, batch_size=60, lr=0.2, momentum=0.9, threshold=0.93)
 
 
 def _build(fn, in_channels, widths, norm):
