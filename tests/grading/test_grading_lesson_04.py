@@ -170,3 +170,19 @@ def test_pasting_the_lesson_does_not_pass():
     score = module_score("04", {"BatchNormFunction": lesson["BatchNormFn"],
                                 "BatchNorm1d": bnn.BatchNorm1d})
     assert score < 0.5, score
+
+
+def test_stale_running_statistics_fail_the_cnn_check(source):
+    """The CNN check is the one that needs the running statistics to be updated: a module that
+    never updates them passes the training-mode checks but not eval-mode accuracy."""
+    obj = solution_objects(source, NOTEBOOK, **{
+        "self.running_mean.lerp_(mean, self.momentum)": "pass",
+        "self.running_var.lerp_(var * n / (n - 1), self.momentum)  # unbiased": "pass"},
+    )["BatchNorm1d"]
+    exercise = registry.get("04.BatchNorm1d")
+    from bncourse.grading.feedback import make_inputs
+
+    inputs = make_inputs(exercise, len(exercise.checks) - 1, 0)
+    result = exercise.run(obj, inputs)
+    message = exercise.checks[-1].compare(result, {"accuracy": 0.98}, inputs)
+    assert result["accuracy"] < 0.95 and message and "running statistics" in message, result

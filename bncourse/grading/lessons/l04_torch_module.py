@@ -23,7 +23,8 @@ NOTEBOOK = "04_torch_module_exercises.ipynb"
 REQUIRED = True  # for the certificate
 
 # The test accuracy the learner's BatchNorm1d must reach inside the grader's small CNN
-# (torch.nn.BatchNorm1d reaches 0.97-0.99 with these settings, 300 steps in 1-3 s).
+# (the solution reaches 0.973-0.991 over 10 grader seeds with these settings, 200 steps in
+# about 0.8 s; 0.973-0.996 at 300 steps: 200 keep in-notebook feedback under 2 s).
 CNN_ACCURACY = 0.95
 
 
@@ -192,7 +193,7 @@ def _cnn_inputs(rng):
     return {"part": "train_cnn", "C": 32, "seed": int(rng.integers(1000)),
             "x_train": data.x_train.numpy(), "y_train": data.y_train.numpy(),
             "x_test": data.x_test.numpy(), "y_test": data.y_test.numpy(),
-            "steps": 300, "batch_size": 64, "lr": 0.05}
+            "steps": 200, "batch_size": 64, "lr": 0.05}
 
 
 def _compare_cnn(got, expected, inputs):
