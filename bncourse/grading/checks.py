@@ -56,8 +56,9 @@ class Exercise:
     run(obj, inputs) -> dict: the driver, shared by learner and reference.
     reference() -> the trusted object the grader compares against (imported lazily).
     forbidden: dotted names the learner's code must not call (it is the exercise to write them).
-    implements_bn: the exercise asks the learner to write batch norm itself: its checks run in a
-        sealed process (no course BN code, torch's batch-norm kernels disabled; `sandbox.py`).
+    implements_bn: the exercise asks the learner to write batch norm itself, or to compute by
+        hand what it computes (the questions exercises): its checks run in a sealed process (no
+        course BN code, torch's batch-norm kernels disabled; `sandbox.py`).
     uses_course_layers: the learner's code may import `bncourse.nn`, `bncourse.models`, ...
         (lessons 06 on); only the grading references stay out of its reach.
     """

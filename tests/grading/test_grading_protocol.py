@@ -175,8 +175,9 @@ from bncourse.grading.sandbox import child_mode  # noqa: E402
 
 @pytest.mark.parametrize("exercise_id, mode", [
     ("02.batch_statistics", "sealed"), ("02.batchnorm_forward", "sealed"),
-    ("03.numerical_gradient", "plain"), ("03.batchnorm_backward", "sealed"),
-    ("04.BatchNorm1d", "sealed"), ("05.batchnorm_eval", "sealed"),
+    ("03.numerical_gradient", "sealed"), ("03.backward_questions", "sealed"), ("03.batchnorm_backward", "sealed"),
+    ("04.BatchNorm1d", "sealed"), ("04.module_questions", "sealed"),
+    ("05.batchnorm_eval", "sealed"), ("10.small_batch_predictions", "sealed"),
     ("05.fold_conv_bn", "plain"), ("05.recalibrate_bn", "plain"),
     ("06.inception_block", "layers"), ("08.PerStepBatchNorm", "layers"), ("09.act", "layers"),
 ])

@@ -299,7 +299,7 @@ def reference_small_batch_predictions():
 
 
 UNDERSTANDING = Exercise(
-    module="10", name="small_batch_predictions", kind="function",
+    module="10", name="small_batch_predictions", kind="function", implements_bn=True,
     run=run_answers, reference=lambda: reference_small_batch_predictions,
     checks=prediction_checks(QUESTIONS),
 )
