@@ -175,6 +175,170 @@ class BatchNormFunction(torch.autograd.Function):
         return dx, dweight, dbias, None
 
 
+# --- the fused training path that `batch_norm` takes (issue 24) -----------------------------
+#
+# The same maths as `BatchNormFunction` (corrected two-pass statistics, the compact backward),
+# written with as few tensor operations as possible. On the small tensors of the case studies
+# (an MLP layer of 100 units, batch 60) each operation costs 1-3 us of Python binding and
+# dispatch, far more than its arithmetic, so the count of operations is the cost
+# (benchmarks/README.md measures each choice). What differs from `BatchNormFunction`:
+#
+# - The running statistics are updated inside `forward` (which autograd runs without
+#   recording), so the Function returns y alone: no extra outputs to mark and wrap.
+# - Per-channel sums of `(R, C)` rows are matrix-vector products (`torch.mv`, BLAS) with a
+#   cached vector of 1/M, 1/(M-1) or 1: no `torch.full` per call; `(N, C, L)` inputs are summed
+#   with one `sum((0, 2))`, the fastest reduction measured there.
+# - Python scalars that would be wrapped into tensors per call are folded into the `alpha`
+#   and `value` arguments of `add`, `addcmul` and `lerp_`; the running variance comes straight
+#   from a product with 1/(M-1) (the unbiased variance), the normalising one from it.
+# - The backward's coefficients are formed from `scale = weight * inv_std`, saved by the
+#   forward: four small operations.
+# - Channels-last inputs (`(N, C, H, W)` stored as `(N, H, W, C)`) are viewed as `(N*H*W, C)`
+#   rows without a copy and give channels-last outputs and gradients, as torch's kernel does.
+
+_VECTORS: dict = {}
+
+
+def _filled(n: int, value: float, like: Tensor) -> Tensor:
+    """A cached `(n,)` tensor filled with `value` (dtype and device of `like`); never modified."""
+    key = (n, value, like.dtype, like.device)
+    vector = _VECTORS.get(key)
+    if vector is None:
+        if len(_VECTORS) >= 512:  # a bound: a training run uses a handful of shapes
+            _VECTORS.clear()
+        vector = _VECTORS[key] = torch.full((n,), value, dtype=like.dtype, device=like.device)
+    return vector
+
+
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def _views(x: Tensor, out: Tensor):
+    """`(rows, x_view, out_view)`: `(R, C)` views (C contiguous) if `rows`, else `(N, C, L)`.
+
+    `x` is contiguous or channels-last; `out` is `torch.empty_like(x)`, so has x's strides.
+    """
+    if x.dim() == 2:
+        return True, x, out
+    N, C = x.shape[0], x.shape[1]
+    if x.is_contiguous():
+        L = x.numel() // (N * C) if N * C else 0
+        if L == 1:  # (N, C, 1, 1): a fully connected layer in disguise
+            return True, x.view(N, C), out.view(N, C)
+        return False, x.view(N, C, L), out.view(N, C, L)
+    order = (0,) + tuple(range(2, x.dim())) + (1,)  # (N, *spatial, C): contiguous
+    return True, x.permute(order).view(-1, C), out.permute(order).view(-1, C)
+
+
+def _fused_layout_ok(x: Tensor) -> bool:
+    """Contiguous, or channels-last (4-D/5-D): the layouts `_FusedBatchNorm` reads in place."""
+    if x.is_contiguous():
+        return True
+    memory_format = _CHANNELS_LAST.get(x.dim())
+    return memory_format is not None and x.is_contiguous(memory_format=memory_format)
+
+
+class _FusedBatchNorm(torch.autograd.Function):
+    """Training-mode BN in few tensor operations, running statistics updated in place.
+
+    forward(x, weight, bias, eps, running_mean, running_var, momentum) -> y. `x` float32 or
+    float64, non-empty with more than one value per channel, contiguous or channels-last;
+    weight, bias, running_mean, running_var `(C,)` of x's dtype, or None (the running
+    statistics both or neither).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, running_mean, running_var, momentum):
+        y = torch.empty_like(x)  # the one full-size allocation: holds (x - mean)**2, then y
+        rows, x_v, y_v = _views(x, y)
+        C = x.shape[1]
+        M = x.numel() // C
+        if rows:  # (R, C): sums over the strided dimension by BLAS matrix-vector products
+            mean = torch.mv(x_v.T, _filled(M, 1.0 / M, x))  # first estimate of the mean
+            torch.sub(x_v, mean, out=y_v)
+            y_t = y_v.T
+            correction = torch.mv(y_t, _filled(M, 1.0 / M, x))  # its rounding error
+            y_v.square_()
+            var_u = torch.mv(y_t, _filled(M, 1.0 / (M - 1), x))
+        else:  # (N, C, L)
+            dims = (0, 2)
+            mean = x_v.mean(dims)
+            torch.sub(x_v, mean.unsqueeze(1), out=y_v)
+            correction = y_v.sum(dims).mul_(1.0 / M)
+            var_u = y_v.square_().sum(dims).mul_(1.0 / (M - 1))
+        # The corrected two-pass algorithm (Chan, Golub & LeVeque 1983): mean += mean(x - mean),
+        # var = mean((x - mean)**2) - mean(x - mean)**2; here unbiased: x M / (M - 1).
+        mean.add_(correction)
+        var_u.addcmul_(correction, correction, value=-M / (M - 1)).clamp_(min=0.0)
+        # inv_std = rsqrt(biased var + eps), biased = unbiased * (M - 1) / M.
+        inv_std = torch.add(_filled(C, eps, x), var_u, alpha=(M - 1) / M).rsqrt_()
+        scale = inv_std if weight is None else weight * inv_std
+        if bias is None:
+            shift = torch.addcmul(_filled(C, 0.0, x), mean, scale, value=-1)
+        else:
+            shift = torch.addcmul(bias, mean, scale, value=-1)
+        if rows:
+            torch.addcmul(shift, x_v, scale, out=y_v)  # y = x * scale + shift
+        else:
+            # addcmul is slower when its factor broadcasts along the contiguous dimension.
+            torch.mul(x_v, scale.unsqueeze(1), out=y_v).add_(shift.unsqueeze(1))
+        if running_mean is not None:
+            # running += momentum * (batch - running), as torch's (1 - m) * running + m * batch.
+            running_mean.lerp_(mean, momentum)
+            running_var.lerp_(var_u, momentum)
+        ctx.save_for_backward(x, weight, mean, inv_std, scale)
+        ctx.eps = eps
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, mean, inv_std, scale = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: differentiable, out of place
+            return _backward_differentiable(ctx, dy, x, weight) + (None, None, None)
+        dx = torch.empty_like(x)  # the one full-size allocation: dy * (x - mean), then dx
+        rows, x_v, dx_v = _views(x, dx)
+        if dy.stride() != x.stride():
+            dy = dy.contiguous(memory_format=_memory_format(x))
+        dy_v = _views(x, dy)[2]
+        C = x.shape[1]
+        M = x.numel() // C
+        if rows:
+            ones = _filled(M, 1.0, x)
+            sum_dy = torch.mv(dy_v.T, ones)
+            torch.sub(x_v, mean, out=dx_v)
+            dweight = torch.mv(dx_v.mul_(dy_v).T, ones).mul_(inv_std)  # sum(dy * x_hat)
+        else:
+            dims = (0, 2)
+            sum_dy = dy_v.sum(dims)
+            torch.sub(x_v, mean.unsqueeze(1), out=dx_v)
+            dweight = dx_v.mul_(dy_v).sum(dims).mul_(inv_std)
+        if ctx.needs_input_grad[0]:
+            # Lesson 03's compact form: dx = scale * dy + b * x + shift with
+            # b = -g / M, g = scale * inv_std * sum(dy * x_hat), and
+            # shift = -scale * sum(dy) / M - b * mean.
+            g = torch.mul(scale, inv_std).mul_(dweight)
+            shift = torch.addcmul(_filled(C, 0.0, x), scale, sum_dy, value=-1.0 / M)
+            shift.addcmul_(g, mean, value=1.0 / M)
+            if rows:
+                torch.addcmul(shift, x_v, g, value=-1.0 / M, out=dx_v).addcmul_(dy_v, scale)
+            else:
+                b = g.mul_(-1.0 / M).unsqueeze(1)
+                torch.mul(x_v, b, out=dx_v).add_(shift.unsqueeze(1))
+                dx_v.addcmul_(dy_v, scale.unsqueeze(1))
+        else:
+            dx = None
+        dweight = dweight if weight is not None and ctx.needs_input_grad[1] else None
+        dbias = sum_dy if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return dx, dweight, dbias, None, None, None, None
+
+
+def _memory_format(x: Tensor):
+    """torch.contiguous_format, or the channels-last format that `x` is stored in."""
+    if x.is_contiguous():
+        return torch.contiguous_format
+    return _CHANNELS_LAST[x.dim()]
+
 def _backward_differentiable(ctx, dy, x, weight):
     """The same closed form as `BatchNormFunction.backward`, out of place, for double backward."""
     mean, inv_std = _batch_statistics(x, ctx.eps)
@@ -245,11 +409,17 @@ def batch_norm(
     if not input.is_floating_point():
         raise TypeError(f"batch_norm(): input must be a floating-point tensor, got {input.dtype}")
     C = input.shape[1]
-    for name, t in (("running_mean", running_mean), ("running_var", running_var),
-                    ("weight", weight), ("bias", bias)):
-        _check_channel_tensor(t, name, C)
+    # One cheap test for the common case (every per-channel tensor given and right): this
+    # function runs once per BN layer per step, so its Python cost counts (issue 24).
+    if (running_mean is None or running_mean.numel() != C or running_var is None
+            or running_var.numel() != C or weight is None or weight.numel() != C
+            or bias is None or bias.numel() != C):
+        for name, t in (("running_mean", running_mean), ("running_var", running_var),
+                        ("weight", weight), ("bias", bias)):
+            _check_channel_tensor(t, name, C)
     if training:
-        size = input.numel() // C if C else 0
+        numel = input.numel()
+        size = numel // C if C else 0
         if size == 1:
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size "
@@ -275,9 +445,17 @@ def batch_norm(
                 )
         return _batch_norm_eval(input, running_mean, running_var, weight, bias, eps)
 
-    if input.numel() == 0:
-        # An empty batch: like torch, return an empty output and leave the running stats alone.
-        return input.clone()
+    if numel == 0:
+        # An empty batch: like torch, an empty output, zero gradients for weight and bias (sums
+        # over nothing) and the running statistics left alone.
+        return _empty_batch(input, weight, bias)
+    dtype = input.dtype
+    if (dtype in _FUSED_DTYPES and (weight is None or weight.dtype == dtype)
+            and (bias is None or bias.dtype == dtype)
+            and (running_mean is None or running_mean.dtype == dtype)
+            and (running_var is None or running_var.dtype == dtype)):
+        x = input if input.is_contiguous() or _fused_layout_ok(input) else input.contiguous()
+        return _FusedBatchNorm.apply(x, weight, bias, eps, running_mean, running_var, momentum)
     # float16/bfloat16 inputs are normalised in float32, as torch's CPU kernel accumulates.
     compute_dtype = torch.promote_types(input.dtype, torch.float32)
     x, w, b = (_cast(t, compute_dtype) for t in (input, weight, bias))
@@ -285,6 +463,20 @@ def batch_norm(
     if running_mean is not None:
         update_running_stats(running_mean, running_var, mean, var, momentum, x.numel() // C)
     return _cast(y, input.dtype)
+
+
+_FUSED_DTYPES = (torch.float32, torch.float64)
+
+
+def _empty_batch(input: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """The (empty) output for an empty batch, in differentiable ops so that weight and bias
+    get zero gradients as with torch's kernel, and the input an empty one."""
+    y = input.clone()
+    if weight is not None:
+        y = y * _per_channel(weight, input.dim())
+    if bias is not None:
+        y = y + _per_channel(bias, input.dim())
+    return y
 
 
 def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
