@@ -274,3 +274,16 @@ def test_reduction_vectors_are_cached_and_bounded(monkeypatch):
     E = bf._expander(3, 2, x)
     assert torch.equal(E, torch.tensor([[1., 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0],
                                         [0, 0, 0, 0, 1, 1]]))
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 2, 5), (2, 3, 2, 2, 3)], ids=["2d", "3d"])
+def test_eval_keeps_channels_last_and_matches_torch(shape):
+    data = make(shape, torch.float64, True)
+    x = data["x"].clone(memory_format=torch.preserve_format).requires_grad_(True)
+    args = (data["running_mean"], data["running_var"], data["weight"], data["bias"], False)
+    ours, ref = batch_norm(x, *args), F.batch_norm(x, *args)
+    assert_close(ours, ref, **TOL[torch.float64])
+    assert ours.stride() == ref.stride()
+    ours.backward(data["dy"])
+    assert_close(x.grad, torch.autograd.grad(F.batch_norm(x, *args), x, data["dy"])[0],
+                 **TOL[torch.float64])

@@ -594,5 +594,12 @@ def _batch_norm_eval(x, running_mean, running_var, weight, bias, eps):
     shift = -running_mean.to(compute_dtype) * scale
     if bias is not None:
         shift = shift + bias.to(compute_dtype)
+    if not x.is_contiguous() and _fused_layout_ok(x):
+        # Channels-last: broadcast (1, C, 1, ...) against x as it is stored; the result keeps
+        # x's memory format, as torch's kernel does (and the training path).
+        ndim = x.dim()
+        y = torch.addcmul(_per_channel(shift, ndim), x.to(compute_dtype),
+                          _per_channel(scale, ndim))
+        return y.to(x.dtype)
     y = _scale_shift(_as_rows(x.to(compute_dtype)), scale, shift)
     return y.view(x.shape).to(x.dtype)
