@@ -35,12 +35,18 @@ PATHS = {
 }
 
 
-@pytest.fixture(params=list(PATHS), ids=list(PATHS))
+@pytest.fixture(params=[(name, fast) for fast in (False, True) for name in PATHS],
+                ids=[f"{name}-{'fast' if fast else 'exact'}" for fast in (False, True)
+                     for name in PATHS])
 def path(request, monkeypatch):
-    shape, channels_last, (mv_max, wide_max) = PATHS[request.param]
+    """Each layout, with the default arithmetic (bit for bit BatchNormFunction's, "exact")
+    and with the fewer-operations one (`_FAST_NUMERICS`, "fast")."""
+    name, fast = request.param
+    shape, channels_last, (mv_max, wide_max) = PATHS[name]
     monkeypatch.setattr(bf, "_MV_MAX", mv_max)
     monkeypatch.setattr(bf, "_WIDE_MAX", wide_max)
-    return request.param, shape, channels_last
+    monkeypatch.setattr(bf, "_FAST_NUMERICS", fast)
+    return name, shape, channels_last
 
 
 def _layout_of(shape, channels_last):
@@ -287,3 +293,22 @@ def test_eval_keeps_channels_last_and_matches_torch(shape):
     ours.backward(data["dy"])
     assert_close(x.grad, torch.autograd.grad(F.batch_norm(x, *args), x, data["dy"])[0],
                  **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("shape", [(60, 100), (7, 3), (60, 8, 8, 8), (4, 3, 5), (6, 4, 1, 1),
+                                   (2, 3, 2, 2, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_default_path_is_bit_for_bit_batch_norm_function(shape, dtype):
+    """The case studies' trained figures depend on the last bit: the default fused path must
+    give exactly what BatchNormFunction + update_running_stats gave before issue 24."""
+    data = make(shape, dtype, False)
+
+    def unfused(x, rm, rv, w, b, training, momentum, eps):
+        y, mean, var = bnn.BatchNormFunction.apply(x, w, b, eps)
+        bf.update_running_stats(rm, rv, mean, var, momentum, x.numel() // x.shape[1])
+        return y
+
+    assert not bf._FAST_NUMERICS
+    ours, ref = run(batch_norm, data), run(unfused, data)
+    for key in ref:
+        assert torch.equal(ours[key], ref[key]), key
