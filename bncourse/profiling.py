@@ -21,6 +21,10 @@ How the measurement avoids the usual traps:
   warm-up calls.
 - The number of threads is fixed (`torch.set_num_threads`) and restored afterwards.
 
+Also: `passes`, each time in units of one full read + write of the tensor (a copy timed in the
+same repeats), and `benchmark_training_steps`, one SGD step of lesson 06's MLP and small CNN
+with `bncourse.nn` BN layers against the same step with `torch.nn`'s (issue 24).
+
 Peak memory: see `measure_peak_memory`.
 """
 from __future__ import annotations
@@ -44,7 +48,11 @@ from bncourse.nn import batch_norm as bncourse_batch_norm
 __all__ = [
     "DEFAULT_SHAPES",
     "IMPLEMENTATIONS",
+    "STEP_MODELS",
     "BenchmarkRow",
+    "StepRow",
+    "benchmark_training_steps",
+    "format_step_table",
     "batch_norm_primitives",
     "measure_peak_memory",
     "benchmark_batchnorm",
@@ -93,6 +101,10 @@ class BenchmarkRow:
     peak_memory_mb: peak extra memory of one forward + backward (see `measure_peak_memory`),
         None where it cannot be measured (NumPy) or was not asked for.
     memory_ratio_to_primitives: peak_memory_mb / that of "primitives" on the same shape, or None.
+    passes: median_ms / the median time of one read + write of the input (`copy_` into a
+        tensor allocated beforehand), timed in the same repeats: the time in full-tensor
+        passes. The floor for training-mode BN is 8 (6 reads, 2 writes; see benchmarks/README.md).
+    threads, dtype, channels_last: the conditions of the measurement.
     """
 
     shape: tuple
@@ -101,6 +113,10 @@ class BenchmarkRow:
     ratio_to_native: float
     peak_memory_mb: float | None
     memory_ratio_to_primitives: float | None
+    passes: float | None = None
+    threads: int = 1
+    dtype: str = "float32"
+    channels_last: bool = False
 
 
 def _step_native(x, weight, bias, dy):
@@ -230,6 +246,7 @@ def benchmark_batchnorm(
     warmup: int = 3,
     dtype: torch.dtype = torch.float32,
     measure_memory: bool = True,
+    channels_last: bool = False,
 ) -> list[BenchmarkRow]:
     """Time forward + backward (dense random `dy`) of each implementation on each shape.
 
@@ -245,6 +262,8 @@ def benchmark_batchnorm(
         warmup: untimed calls per implementation and shape before timing.
         dtype: input dtype (float32 or float64).
         measure_memory: also measure `peak_memory_mb` (one extra profiled call each).
+        channels_last: store 4-D/5-D inputs (and `dy`) channels-last
+            (`torch.channels_last`/`channels_last_3d`); an error for other ranks.
 
     Returns:
         One `BenchmarkRow` per (shape, implementation), in the order given.
@@ -256,6 +275,12 @@ def benchmark_batchnorm(
     _check_arguments(shapes, implementations, repeats, threads, warmup)
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    if not isinstance(channels_last, bool):
+        raise TypeError(f"channels_last must be a bool, got {type(channels_last).__name__}")
+    if channels_last:
+        bad = [tuple(shape) for shape in shapes if len(shape) not in (4, 5)]
+        if bad:
+            raise ValueError(f"channels_last needs 4-D or 5-D shapes (N, C, H, W[, D]), got {bad}")
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -263,40 +288,55 @@ def benchmark_batchnorm(
         rows = []
         for shape in shapes:
             rows.extend(_benchmark_shape(tuple(shape), implementations, repeats, seed,
-                                         warmup, dtype, measure_memory))
+                                         warmup, dtype, measure_memory, channels_last,
+                                         threads))
         return rows
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _benchmark_shape(shape, implementations, repeats, seed, warmup, dtype, measure_memory):
+_COPY = "copy"  # the reference pass, timed among the implementations
+
+
+def _benchmark_shape(shape, implementations, repeats, seed, warmup, dtype, measure_memory,
+                     channels_last=False, threads=1):
     generator = torch.Generator().manual_seed(seed)
     C = shape[1]
-    x = torch.randn(shape, generator=generator, dtype=dtype).requires_grad_()
+    x = torch.randn(shape, generator=generator, dtype=dtype)
     weight = (1.0 + 0.1 * torch.randn(C, generator=generator, dtype=dtype)).requires_grad_()
     bias = (0.1 * torch.randn(C, generator=generator, dtype=dtype)).requires_grad_()
-    dy = torch.randn(shape, generator=generator, dtype=dtype)  # dense, contiguous
+    dy = torch.randn(shape, generator=generator, dtype=dtype)  # dense
+    if channels_last:
+        memory_format = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+        x, dy = x.contiguous(memory_format=memory_format), dy.contiguous(memory_format=memory_format)
+    x.requires_grad_()
+    copy_target = torch.empty_like(x)
+    steps = dict(_STEPS)
+    steps[_COPY] = lambda x, weight, bias, dy: copy_target.copy_(x.detach())
+
+    timed = tuple(implementations) + (_COPY,)
 
     def run(name):
         # Fresh gradients every call, as after optimizer.zero_grad(set_to_none=True).
         x.grad = weight.grad = bias.grad = None
-        _STEPS[name](x, weight, bias, dy)
+        steps[name](x, weight, bias, dy)
 
     for _ in range(warmup):
-        for name in implementations:
+        for name in timed:
             run(name)
 
-    times = {name: [] for name in implementations}
-    order = list(implementations)
+    times = {name: [] for name in timed}
+    order = list(timed)
     shuffler = random.Random(seed)
     for _ in range(repeats):
         shuffler.shuffle(order)  # a new order every repeat: no fixed neighbour (see module doc)
         for name in order:
             x.grad = weight.grad = bias.grad = None
             start = time.perf_counter()
-            _STEPS[name](x, weight, bias, dy)
+            steps[name](x, weight, bias, dy)
             times[name].append(time.perf_counter() - start)
     median_ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    copy_ms = median_ms.pop(_COPY)
 
     memory = {name: None for name in implementations}
     if measure_memory:
@@ -316,6 +356,10 @@ def _benchmark_shape(shape, implementations, repeats, seed, warmup, dtype, measu
             ratio_to_native=median_ms[name] / median_ms["native"],
             peak_memory_mb=mem,
             memory_ratio_to_primitives=(mem / mem_prim if mem is not None and mem_prim else None),
+            passes=median_ms[name] / copy_ms if copy_ms > 0 else None,
+            threads=threads,
+            dtype=str(dtype).replace("torch.", ""),
+            channels_last=channels_last,
         ))
     return rows
 
@@ -330,13 +374,133 @@ def format_benchmark_table(rows) -> str:
         return "n/a" if value is None else format(value, spec)
 
     lines = [
-        "| shape | implementation | median ms | x native | peak MB | x primitives memory |",
-        "|---|---|---:|---:|---:|---:|",
+        "| shape | implementation | median ms | x native | passes | peak MB "
+        "| x primitives memory |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
+        layout = ", channels-last" if row.channels_last else ""
         lines.append(
-            f"| {tuple(row.shape)} | {row.implementation} | {row.median_ms:.3f} "
-            f"| {row.ratio_to_native:.2f} | {fmt(row.peak_memory_mb, '.2f')} "
+            f"| {tuple(row.shape)}{layout} | {row.implementation} | {row.median_ms:.3f} "
+            f"| {row.ratio_to_native:.2f} | {fmt(row.passes, '.1f')} "
+            f"| {fmt(row.peak_memory_mb, '.2f')} "
             f"| {fmt(row.memory_ratio_to_primitives, '.2f')} |"
         )
+    return "\n".join(lines)
+
+
+# --- one training step of lesson 06's networks -----------------------------------------------
+
+STEP_MODELS = ("mlp", "cnn")
+
+
+@dataclass
+class StepRow:
+    """One (model, implementation) measurement of a training step.
+
+    model: "mlp" (lesson 06's sigmoid MLP 64-100-100-100-10, BN after each hidden Linear) or
+        "cnn" (its small Inception-style CNN, `inception_cnn(stem=8, widths=((4, 4, 4, 4),
+        (8, 8, 8, 8)))` on 8x8 digits, 11 BN layers). Batch 60 for both.
+    implementation: "torch" (`torch.nn.BatchNorm1d/2d`) or "bncourse" (`bncourse.nn`'s).
+    median_ms: median wall time of one step (zero_grad, forward, cross-entropy, backward,
+        SGD update). ratio_to_torch: median_ms / that of "torch", same run.
+    """
+
+    model: str
+    implementation: str
+    median_ms: float
+    ratio_to_torch: float
+    threads: int = 1
+
+
+def _step_model(model: str, norm_module, seed: int):
+    from bncourse.models import inception_cnn, mlp  # models sit beside nn; imported on use
+
+    torch.manual_seed(seed)
+    if model == "mlp":
+        net = mlp([64, 100, 100, 100, 10], torch.nn.Sigmoid, norm=norm_module.BatchNorm1d)
+        x = torch.randn(60, 64)
+    else:
+        net = inception_cnn(1, 10, stem=8, widths=((4, 4, 4, 4), (8, 8, 8, 8)),
+                            norm=norm_module.BatchNorm2d)
+        x = torch.randn(60, 1, 8, 8)
+    y = torch.randint(10, (60,))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x), y).backward()
+        optimizer.step()
+
+    return step
+
+
+def benchmark_training_steps(models=STEP_MODELS, repeats: int = 100, threads: int = 1,
+                             seed: int = 0, *, warmup: int = 10) -> list[StepRow]:
+    """Time one SGD step of lesson 06's MLP and CNN with torch's and with bncourse's BN layers.
+
+    The two networks of a model start from the same weights (same seed); their steps are
+    interleaved in a fresh random order every repeat, the median reported (as
+    `benchmark_batchnorm`).
+
+    Args:
+        models: names from `STEP_MODELS`.
+        repeats: timed steps per network (median reported).
+        threads: torch intra-op threads during the benchmark (restored afterwards).
+        seed: seed of the weights and the batch.
+        warmup: untimed steps per network first.
+
+    Returns:
+        Two `StepRow`s per model, "torch" then "bncourse".
+    """
+    import bncourse.nn as bncourse_nn
+
+    if isinstance(models, str) or not hasattr(models, "__iter__"):
+        raise TypeError(f"models must be a sequence of names from {STEP_MODELS}, got {models!r}")
+    models = tuple(models)
+    unknown = [m for m in models if m not in STEP_MODELS]
+    if unknown or not models:
+        raise ValueError(f"models must be names from {STEP_MODELS}, got {models}")
+    for name, value, minimum in (("repeats", repeats, 1), ("threads", threads, 1),
+                                 ("warmup", warmup, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rows = []
+        for model in models:
+            steps = {"torch": _step_model(model, torch.nn, seed),
+                     "bncourse": _step_model(model, bncourse_nn, seed)}
+            for _ in range(warmup):
+                for step in steps.values():
+                    step()
+            times = {name: [] for name in steps}
+            order = list(steps)
+            shuffler = random.Random(seed)
+            for _ in range(repeats):
+                shuffler.shuffle(order)
+                for name in order:
+                    start = time.perf_counter()
+                    steps[name]()
+                    times[name].append(time.perf_counter() - start)
+            median_ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+            for name in steps:
+                rows.append(StepRow(model, name, median_ms[name],
+                                    median_ms[name] / median_ms["torch"], threads))
+        return rows
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def format_step_table(rows) -> str:
+    """A Markdown table of `StepRow`s."""
+    rows = list(rows)
+    if not all(isinstance(row, StepRow) for row in rows):
+        raise TypeError("rows must be StepRow objects, as returned by benchmark_training_steps")
+    lines = ["| model | BN layers | threads | median ms per step | x torch.nn |",
+             "|---|---|---:|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row.model} | {row.implementation} | {row.threads} "
+                     f"| {row.median_ms:.3f} | {row.ratio_to_torch:.2f} |")
     return "\n".join(lines)

@@ -6,10 +6,14 @@ import torch.nn.functional as F
 
 from bncourse.profiling import (
     IMPLEMENTATIONS,
+    STEP_MODELS,
     BenchmarkRow,
+    StepRow,
     batch_norm_primitives,
     benchmark_batchnorm,
+    benchmark_training_steps,
     format_benchmark_table,
+    format_step_table,
     measure_peak_memory,
 )
 
@@ -102,6 +106,7 @@ def test_measure_peak_memory_counts_a_new_tensor():
         (dict(threads=0), "threads must be an int >= 1"),
         (dict(warmup=-1), "warmup must be an int >= 0"),
         (dict(dtype=torch.float16), "dtype must be"),
+        (dict(channels_last=True), "channels_last needs 4-D or 5-D"),
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs, message):
@@ -138,3 +143,66 @@ def test_primitives_match_torch_batch_norm_float64(shape, affine):
 def test_primitives_reject_1d_input():
     with pytest.raises(ValueError, match="shape"):
         batch_norm_primitives(torch.randn(5), None, None)
+
+
+def test_rows_carry_passes_and_conditions(rows):
+    for r in rows:
+        assert r.passes is not None and r.passes > 0
+        assert (r.threads, r.dtype, r.channels_last) == (1, "float32", False)
+    # passes = time / (one read + write of the tensor), one copy time per shape.
+    for shape in TINY_SHAPES:
+        copy_ms = {r.median_ms / r.passes for r in rows if r.shape == shape}
+        assert max(copy_ms) == pytest.approx(min(copy_ms), rel=1e-9)
+
+
+def test_channels_last_rows_say_so_and_float64_is_named():
+    rows = benchmark_batchnorm(((2, 3, 4, 4), (2, 3, 2, 2, 2)), ("native", "bncourse"),
+                               repeats=2, warmup=0, measure_memory=False, channels_last=True,
+                               dtype=torch.float64)
+    assert all(r.channels_last and r.dtype == "float64" for r in rows)
+    assert "channels-last" in format_benchmark_table(rows)
+
+
+def test_channels_last_must_be_a_bool():
+    with pytest.raises(TypeError, match="channels_last must be a bool"):
+        benchmark_batchnorm(((2, 3, 4, 4),), repeats=1, channels_last="yes")
+
+
+@pytest.fixture(scope="module")
+def step_rows():
+    return benchmark_training_steps(repeats=2, warmup=1)
+
+
+def test_training_steps_give_torch_then_bncourse_per_model(step_rows):
+    assert [(r.model, r.implementation) for r in step_rows] == [
+        (m, name) for m in STEP_MODELS for name in ("torch", "bncourse")]
+    for r in step_rows:
+        assert isinstance(r, StepRow) and r.median_ms > 0 and r.threads == 1
+        if r.implementation == "torch":
+            assert r.ratio_to_torch == pytest.approx(1.0, rel=1e-12)
+
+
+def test_step_table_has_a_line_per_row(step_rows):
+    lines = format_step_table(step_rows).splitlines()
+    assert len(lines) == 2 + len(step_rows) and lines[0].startswith("| model |")
+    with pytest.raises(TypeError, match="StepRow"):
+        format_step_table([{"model": "mlp"}])
+
+
+def test_training_steps_restore_threads():
+    before = torch.get_num_threads()
+    benchmark_training_steps(("mlp",), repeats=1, warmup=0, threads=1)
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(models=("resnet",)), ValueError, "models must be names"),
+    (dict(models=()), ValueError, "models must be names"),
+    (dict(models="mlp"), TypeError, "sequence of names"),
+    (dict(repeats=0), ValueError, "repeats must be an int >= 1"),
+    (dict(threads=0), ValueError, "threads must be an int >= 1"),
+    (dict(warmup=-1), ValueError, "warmup must be an int >= 0"),
+])
+def test_training_steps_bad_arguments(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        benchmark_training_steps(**{"repeats": 1, **kwargs})
