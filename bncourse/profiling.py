@@ -192,7 +192,7 @@ def measure_peak_memory(step: Callable[[], object]) -> float:
     return peak / 2**20
 
 
-def _check_arguments(shapes, implementations, repeats, threads, warmup) -> None:
+def _check_arguments(shapes, implementations, repeats, threads, warmup, known=_STEPS) -> None:
     if isinstance(shapes, (str, bytes)) or not hasattr(shapes, "__iter__"):
         raise TypeError(f"shapes must be a sequence of shapes, got {type(shapes).__name__}")
     if len(shapes) == 0:
@@ -218,10 +218,11 @@ def _check_arguments(shapes, implementations, repeats, threads, warmup) -> None:
         raise TypeError(
             f"implementations must be a sequence of names, got {type(implementations).__name__}"
         )
-    unknown = [name for name in implementations if name not in _STEPS]
+    unknown = [name for name in implementations if name not in known]
     if unknown:
         raise ValueError(
-            f"unknown implementation(s) {unknown}; expected names from {IMPLEMENTATIONS}"
+            f"unknown implementation(s) {unknown}; expected names from {tuple(known)} "
+            f"(or add one with extra_implementations={{name: step}})"
         )
     if "native" not in implementations:
         raise ValueError(
@@ -247,6 +248,7 @@ def benchmark_batchnorm(
     dtype: torch.dtype = torch.float32,
     measure_memory: bool = True,
     channels_last: bool = False,
+    extra_implementations: dict[str, Callable] | None = None,
 ) -> list[BenchmarkRow]:
     """Time forward + backward (dense random `dy`) of each implementation on each shape.
 
@@ -264,6 +266,10 @@ def benchmark_batchnorm(
         measure_memory: also measure `peak_memory_mb` (one extra profiled call each).
         channels_last: store 4-D/5-D inputs (and `dy`) channels-last
             (`torch.channels_last`/`channels_last_3d`); an error for other ranks.
+        extra_implementations: more implementations to time beside the built-in ones, each
+            ``name -> step(x, weight, bias, dy)`` running one forward + backward (for example a
+            `torch.compile`d `batch_norm_primitives`: benchmarks/bench_batchnorm.py
+            `--compiled`); name them in `implementations` to time them.
 
     Returns:
         One `BenchmarkRow` per (shape, implementation), in the order given.
@@ -272,7 +278,8 @@ def benchmark_batchnorm(
         shapes = tuple(shapes)
     if not isinstance(implementations, str) and hasattr(implementations, "__iter__"):
         implementations = tuple(implementations)
-    _check_arguments(shapes, implementations, repeats, threads, warmup)
+    steps = _with_extra_steps(extra_implementations)
+    _check_arguments(shapes, implementations, repeats, threads, warmup, known=steps)
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     if not isinstance(channels_last, bool):
@@ -289,17 +296,40 @@ def benchmark_batchnorm(
         for shape in shapes:
             rows.extend(_benchmark_shape(tuple(shape), implementations, repeats, seed,
                                          warmup, dtype, measure_memory, channels_last,
-                                         threads))
+                                         threads, steps))
         return rows
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _with_extra_steps(extra) -> dict[str, Callable]:
+    """The built-in steps plus `extra` (name -> step), checked."""
+    if extra is None:
+        return _STEPS
+    if not isinstance(extra, dict):
+        raise TypeError(
+            f"extra_implementations must be a dict of name -> step(x, weight, bias, dy), "
+            f"got {type(extra).__name__}"
+        )
+    for name, step in extra.items():
+        if not isinstance(name, str) or name in _STEPS or name == _COPY:
+            raise ValueError(
+                f"extra_implementations: {name!r} must be a new name, not one of "
+                f"{tuple(_STEPS) + (_COPY,)}"
+            )
+        if not callable(step):
+            raise TypeError(
+                f"extra_implementations[{name!r}] must be callable as step(x, weight, bias, "
+                f"dy), got {type(step).__name__}"
+            )
+    return {**_STEPS, **extra}
 
 
 _COPY = "copy"  # the reference pass, timed among the implementations
 
 
 def _benchmark_shape(shape, implementations, repeats, seed, warmup, dtype, measure_memory,
-                     channels_last=False, threads=1):
+                     channels_last=False, threads=1, known_steps=_STEPS):
     generator = torch.Generator().manual_seed(seed)
     C = shape[1]
     x = torch.randn(shape, generator=generator, dtype=dtype)
@@ -311,7 +341,7 @@ def _benchmark_shape(shape, implementations, repeats, seed, warmup, dtype, measu
         x, dy = x.contiguous(memory_format=memory_format), dy.contiguous(memory_format=memory_format)
     x.requires_grad_()
     copy_target = torch.empty_like(x)
-    steps = dict(_STEPS)
+    steps = dict(known_steps)
     steps[_COPY] = lambda x, weight, bias, dy: copy_target.copy_(x.detach())
 
     timed = tuple(implementations) + (_COPY,)
@@ -343,7 +373,7 @@ def _benchmark_shape(shape, implementations, repeats, seed, warmup, dtype, measu
         for name in implementations:
             if name != "numpy":  # NumPy does not allocate through torch
                 x.grad = weight.grad = bias.grad = None
-                memory[name] = measure_peak_memory(lambda: _STEPS[name](x, weight, bias, dy))
+                memory[name] = measure_peak_memory(lambda: steps[name](x, weight, bias, dy))
     x.grad = weight.grad = bias.grad = None
 
     rows = []

@@ -114,6 +114,52 @@ def test_bad_arguments_raise_value_error(kwargs, message):
         benchmark_batchnorm(**{"shapes": ((4, 2),), "repeats": 1, **kwargs})
 
 
+def test_extra_implementation_is_timed_beside_native():
+    calls = []
+
+    def doubled_native(x, weight, bias, dy):
+        calls.append(tuple(x.shape))
+        F.batch_norm(x, None, None, weight, bias, training=True).backward(dy)
+        F.batch_norm(x, None, None, weight, bias, training=True).backward(dy)
+
+    rows = benchmark_batchnorm(((6, 2),), implementations=("native", "twice"), repeats=3,
+                               warmup=1, measure_memory=False,
+                               extra_implementations={"twice": doubled_native})
+    assert [r.implementation for r in rows] == ["native", "twice"]
+    assert calls == [(6, 2)] * 4  # 1 warm-up + 3 timed
+    assert rows[1].ratio_to_native > 0 and rows[1].passes > 0
+
+
+def test_an_extra_implementation_not_named_is_not_run():
+    def fail(*args):
+        raise AssertionError("not asked for")
+
+    rows = benchmark_batchnorm(((6, 2),), implementations=("native",), repeats=1, warmup=0,
+                               measure_memory=False, extra_implementations={"other": fail})
+    assert [r.implementation for r in rows] == ["native"]
+
+
+@pytest.mark.parametrize(
+    "extra, error, message",
+    [
+        ({"bncourse": lambda *a: None}, ValueError, "'bncourse' must be a new name"),
+        ({"copy": lambda *a: None}, ValueError, "'copy' must be a new name"),
+        ({3: lambda *a: None}, ValueError, "3 must be a new name"),
+        ({"mine": "not callable"}, TypeError, r"extra_implementations\['mine'\] must be callable"),
+        ([("mine", print)], TypeError, "must be a dict"),
+    ],
+)
+def test_bad_extra_implementations_are_named(extra, error, message):
+    with pytest.raises(error, match=message):
+        benchmark_batchnorm(((4, 2),), implementations=("native",), repeats=1,
+                            extra_implementations=extra)
+
+
+def test_unknown_implementation_says_how_to_add_one():
+    with pytest.raises(ValueError, match="extra_implementations"):
+        benchmark_batchnorm(((4, 2),), implementations=("native", "mine"), repeats=1)
+
+
 def test_string_implementations_raise_type_error():
     with pytest.raises(TypeError, match="sequence of names"):
         benchmark_batchnorm(((4, 2),), implementations="native", repeats=1)
