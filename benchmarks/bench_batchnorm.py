@@ -1,6 +1,7 @@
 """Forward + backward speed of batch normalization: bncourse against torch's native kernel.
 
     python benchmarks/bench_batchnorm.py [--runs 3] [--threads 1,2] [--repeats N] [--tuned-malloc]
+                                         [--compiled]
 
 Three sections, each run `--runs` times (see benchmarks/README.md for the method and a table):
 
@@ -9,6 +10,11 @@ Three sections, each run `--runs` times (see benchmarks/README.md for the method
 2. native vs bncourse on small and large shapes (2-D, recurrent-cell sized, 4-D, 5-D,
    channels-last, float64) at each thread count, with each time also in full-tensor passes.
 3. One SGD step of lesson 06's MLP and CNN with `bncourse.nn` vs `torch.nn` BN layers.
+4. With `--compiled` only: the same shapes with a third row, `compiled`: lesson 04's
+   `batch_norm_primitives` (the same maths in plain tensor operations) through
+   `torch.compile` (TorchInductor, which writes and compiles fused C++ loops with the system's
+   compiler), with the compile time of each shape; the compiler's caches go to a fresh folder
+   so each compile is a cold one.
 
 A last table gives, per row, the range of the ratio to native over the runs and the target
 (issue 24): at most 2x native under 256k values, at most 1x from 256k values, at most 1.25x
@@ -23,13 +29,17 @@ import datetime
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 
 import torch
 
-from bncourse.profiling import (DEFAULT_SHAPES, benchmark_batchnorm, benchmark_training_steps,
-                                format_benchmark_table, format_step_table)
+from bncourse.profiling import (DEFAULT_SHAPES, batch_norm_primitives, benchmark_batchnorm,
+                                benchmark_training_steps, format_benchmark_table,
+                                format_step_table)
 
 SMALL = 1 << 18  # 262144 values: the boundary between the 2x and the 1x target
 
@@ -76,6 +86,8 @@ def main(argv=None) -> None:
     parser.add_argument("--tuned-malloc", action="store_true",
                         help="run in a child with glibc's allocator keeping freed memory")
     parser.add_argument("--sections", default="1,2,3", help="which sections to run")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also time torch.compile of batch_norm_primitives (section 4)")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error(f"--runs must be >= 1, got {args.runs}")
@@ -100,7 +112,7 @@ def main(argv=None) -> None:
     if hasattr(os, "getloadavg"):
         print(f"load average before: {os.getloadavg()[0]:.2f}")
 
-    table_runs, grid_runs, step_runs = [], [], []
+    table_runs, grid_runs, step_runs, compiled_runs = [], [], [], []
     for run in range(args.runs):
         print(f"\n## run {run + 1} of {args.runs}")
         if 1 in sections:
@@ -128,6 +140,8 @@ def main(argv=None) -> None:
             step_runs.append(steps)
             print("\n### one training step, lesson 06\n")
             print(format_step_table(steps))
+        if args.compiled:
+            compiled_runs.append(_compiled_section(threads, args.repeats, args.seed))
 
     print(f"\n## across {args.runs} run(s): ratio min - max, and the target\n")
     if grid_runs:
@@ -157,6 +171,25 @@ def main(argv=None) -> None:
                                                        else "**no**")
             print(f"| {row.model} | {row.threads} | {min(ratios):.2f} - {max(ratios):.2f} "
                   f"| <= 1.25 | {met} |")
+    if compiled_runs:
+        print("\n| shape | dtype | layout | threads | compiled x native (min - max) "
+              "| bncourse x native | compile s (min - max) | target | met |")
+        print("|---|---|---|---:|---:|---:|---:|---:|---|")
+        for i, (row, _) in enumerate(compiled_runs[0]):
+            if row.implementation != "compiled":
+                continue
+            ratios = [c[i][0].ratio_to_native for c in compiled_runs]
+            ours = [_same_input(c, row, "bncourse").ratio_to_native for c in compiled_runs]
+            compile_s = [c[i][1] for c in compiled_runs]
+            target = _target(math.prod(row.shape))
+            met = "yes" if max(ratios) <= target else ("partly" if min(ratios) <= target
+                                                         else "no")
+            print(f"| {row.shape} | {row.dtype} | "
+                  f"{'channels-last' if row.channels_last else 'contiguous'} | {row.threads} "
+                  f"| {min(ratios):.2f} - {max(ratios):.2f} "
+                  f"| {min(ours):.2f} - {max(ours):.2f} "
+                  f"| {min(compile_s):.1f} - {max(compile_s):.1f} | <= {target:.2f} "
+                  f"| {met} |")
     if table_runs:
         print("\n| shape | implementation | x native (min - max), lesson-04 table |")
         print("|---|---|---:|")
@@ -165,6 +198,72 @@ def main(argv=None) -> None:
             print(f"| {row.shape} | {row.implementation} | {min(ratios):.2f} - {max(ratios):.2f} |")
     if hasattr(os, "getloadavg"):
         print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+
+
+def _compiled_section(threads, repeats, seed):
+    """Section 4: native, bncourse and torch.compile(batch_norm_primitives) on the grid.
+
+    Returns [(row, compile seconds)]: the compile time is that of the first forward +
+    backward of a shape (the compiled forward and backward graphs), each with an empty cache
+    folder of its own, so nothing compiled before (in this run or an earlier one) is reused."""
+    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
+
+    scratch = tempfile.mkdtemp(prefix="bench-inductor-")
+    dynamo = torch._dynamo.config
+    for limit in ("cache_size_limit", "recompile_limit"):  # one entry per shape and layout
+        if hasattr(dynamo, limit):
+            setattr(dynamo, limit, 4 * len(GRID))
+    rows = []
+    for t in threads:
+        # The generated C++ loops bake in the thread count: compile afresh for each.
+        torch._dynamo.reset()
+        torch.set_num_threads(t)
+        compiled = torch.compile(batch_norm_primitives, dynamic=False)
+
+        def step(x, weight, bias, dy):
+            compiled(x, weight, bias).backward(dy)
+
+        for shape, dtype, channels_last, _ in GRID:
+            with temporary_cache_dir(tempfile.mkdtemp(dir=scratch)):
+                seconds = _compile_seconds(step, shape, dtype, channels_last)
+            grid = benchmark_batchnorm(
+                (shape,), ("native", "bncourse", "compiled"),
+                repeats=_repeats(shape, repeats), threads=t, seed=seed, dtype=dtype,
+                measure_memory=False, channels_last=channels_last,
+                extra_implementations={"compiled": step})
+            rows.extend((row, seconds) for row in grid)
+    torch._dynamo.reset()  # unload the compiled code before its folder goes
+    shutil.rmtree(scratch, ignore_errors=True)
+    print("\n### torch.compile(batch_norm_primitives) beside native and bncourse\n")
+    print(_grid_table([row for row, _ in rows]))
+    print("\ncompile seconds, first forward + backward of each row, cold cache: "
+          + ", ".join(f"{seconds:.1f}" for row, seconds in rows
+                      if row.implementation == "compiled"))
+    return rows
+
+
+def _compile_seconds(step, shape, dtype, channels_last) -> float:
+    """Wall time of the first (compiling) forward + backward of `step` on this input."""
+    x = torch.randn(shape, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=_CHANNELS_LAST[len(shape)])
+    x.requires_grad_()
+    C = shape[1]
+    weight = torch.ones(C, dtype=dtype, requires_grad=True)
+    bias = torch.zeros(C, dtype=dtype, requires_grad=True)
+    start = time.perf_counter()
+    step(x, weight, bias, torch.randn_like(x))
+    return time.perf_counter() - start
+
+
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def _same_input(rows, like, implementation):
+    """The row of `implementation` timed on the same input (shape, dtype, layout, threads)."""
+    key = (like.shape, like.dtype, like.channels_last, like.threads)
+    return next(row for row, _ in rows if row.implementation == implementation
+                and (row.shape, row.dtype, row.channels_last, row.threads) == key)
 
 
 def _grid_table(rows) -> str:
