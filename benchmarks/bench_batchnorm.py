@@ -152,14 +152,11 @@ def main(argv=None) -> None:
             if row.implementation != "bncourse":
                 continue
             ratios = [g[i].ratio_to_native for g in grid_runs]
-            native = grid_runs[0][i - 1]
+            native = _same_input(grid_runs[0], row, "native")
             target = _target(math.prod(row.shape))
-            met = "yes" if max(ratios) <= target else ("partly" if min(ratios) <= target
-                                                         else "**no**")
-            print(f"| {row.shape} | {row.dtype} | "
-                  f"{'channels-last' if row.channels_last else 'contiguous'} | {row.threads} "
-                  f"| {min(ratios):.2f} - {max(ratios):.2f} | {native.passes:.1f} "
-                  f"| {row.passes:.1f} | <= {target:.2f} | {met} |")
+            print(f"| {_input(row)} | {min(ratios):.2f} - {max(ratios):.2f} "
+                  f"| {native.passes:.1f} | {row.passes:.1f} | <= {target:.2f} "
+                  f"| {_met(ratios, target)} |")
     if step_runs:
         print("\n| model | threads | x torch.nn (min - max) | target | met |")
         print("|---|---:|---:|---:|---|")
@@ -167,10 +164,8 @@ def main(argv=None) -> None:
             if row.implementation != "bncourse":
                 continue
             ratios = [s[i].ratio_to_torch for s in step_runs]
-            met = "yes" if max(ratios) <= 1.25 else ("partly" if min(ratios) <= 1.25
-                                                       else "**no**")
             print(f"| {row.model} | {row.threads} | {min(ratios):.2f} - {max(ratios):.2f} "
-                  f"| <= 1.25 | {met} |")
+                  f"| <= 1.25 | {_met(ratios, 1.25)} |")
     if compiled_runs:
         print("\n| shape | dtype | layout | threads | compiled x native (min - max) "
               "| bncourse x native | compile s (min - max) | target | met |")
@@ -179,17 +174,14 @@ def main(argv=None) -> None:
             if row.implementation != "compiled":
                 continue
             ratios = [c[i][0].ratio_to_native for c in compiled_runs]
-            ours = [_same_input(c, row, "bncourse").ratio_to_native for c in compiled_runs]
+            ours = [_same_input([r for r, _ in c], row, "bncourse").ratio_to_native
+                    for c in compiled_runs]
             compile_s = [c[i][1] for c in compiled_runs]
             target = _target(math.prod(row.shape))
-            met = "yes" if max(ratios) <= target else ("partly" if min(ratios) <= target
-                                                         else "no")
-            print(f"| {row.shape} | {row.dtype} | "
-                  f"{'channels-last' if row.channels_last else 'contiguous'} | {row.threads} "
-                  f"| {min(ratios):.2f} - {max(ratios):.2f} "
+            print(f"| {_input(row)} | {min(ratios):.2f} - {max(ratios):.2f} "
                   f"| {min(ours):.2f} - {max(ours):.2f} "
                   f"| {min(compile_s):.1f} - {max(compile_s):.1f} | <= {target:.2f} "
-                  f"| {met} |")
+                  f"| {_met(ratios, target)} |")
     if table_runs:
         print("\n| shape | implementation | x native (min - max), lesson-04 table |")
         print("|---|---|---:|")
@@ -262,17 +254,28 @@ _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 def _same_input(rows, like, implementation):
     """The row of `implementation` timed on the same input (shape, dtype, layout, threads)."""
     key = (like.shape, like.dtype, like.channels_last, like.threads)
-    return next(row for row, _ in rows if row.implementation == implementation
+    return next(row for row in rows if row.implementation == implementation
                 and (row.shape, row.dtype, row.channels_last, row.threads) == key)
+
+
+def _input(row) -> str:
+    """The shape, dtype, layout and threads cells of a table row."""
+    layout = "channels-last" if row.channels_last else "contiguous"
+    return f"{row.shape} | {row.dtype} | {layout} | {row.threads}"
+
+
+def _met(ratios, target) -> str:
+    """yes: every run within the target; partly: some; **no**: none."""
+    if max(ratios) <= target:
+        return "yes"
+    return "partly" if min(ratios) <= target else "**no**"
 
 
 def _grid_table(rows) -> str:
     lines = ["| shape | dtype | layout | threads | implementation | median ms | x native | passes |",
              "|---|---|---|---:|---|---:|---:|---:|"]
     for row in rows:
-        layout = "channels-last" if row.channels_last else "contiguous"
-        lines.append(f"| {row.shape} | {row.dtype} | {layout} | {row.threads} "
-                     f"| {row.implementation} | {row.median_ms:.3f} | {row.ratio_to_native:.2f} "
+        lines.append(f"| {_input(row)} | {row.implementation} | {row.median_ms:.3f} | {row.ratio_to_native:.2f} "
                      f"| {row.passes:.1f} |")
     return "\n".join(lines)
 
