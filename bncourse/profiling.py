@@ -289,17 +289,24 @@ def benchmark_batchnorm(
         if bad:
             raise ValueError(f"channels_last needs 4-D or 5-D shapes (N, C, H, W[, D]), got {bad}")
 
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with _torch_threads(threads):
         rows = []
         for shape in shapes:
             rows.extend(_benchmark_shape(tuple(shape), implementations, repeats, seed,
                                          warmup, dtype, measure_memory, channels_last,
                                          threads, steps))
         return rows
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int):
+    """Run the body with `torch.set_num_threads(threads)`; restore the previous count after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
     finally:
-        torch.set_num_threads(previous_threads)
+        torch.set_num_threads(previous)
 
 
 def _with_extra_steps(extra) -> dict[str, Callable]:
@@ -495,9 +502,7 @@ def benchmark_training_steps(models=STEP_MODELS, repeats: int = 100, threads: in
                                  ("warmup", warmup, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with _torch_threads(threads):
         rows = []
         for model in models:
             steps = {"torch": _step_model(model, torch.nn, seed),
@@ -519,8 +524,6 @@ def benchmark_training_steps(models=STEP_MODELS, repeats: int = 100, threads: in
                 rows.append(StepRow(model, name, median_ms[name],
                                     median_ms[name] / median_ms["torch"], threads))
         return rows
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def format_step_table(rows) -> str:
