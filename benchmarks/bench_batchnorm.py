@@ -3,7 +3,8 @@
     python benchmarks/bench_batchnorm.py [--runs 3] [--threads 1,2] [--repeats N] [--tuned-malloc]
                                          [--compiled]
 
-Three sections, each run `--runs` times (see benchmarks/README.md for the method and a table):
+Three sections (a fourth with `--compiled`), each run `--runs` times (see benchmarks/README.md
+for the method and a table):
 
 1. The lesson-04 table: native, bncourse, primitives and NumPy on the three default shapes,
    1 thread, with peak memory.
