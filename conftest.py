@@ -1,5 +1,12 @@
-"""Repository-wide pytest hooks: a per-file time summary (CI prints it; lessons have budgets)."""
+"""Repository-wide pytest hooks: MKL's portable branch, a per-file time summary (CI prints it;
+lessons have budgets)."""
+import os
 from collections import defaultdict
+
+# MKL fixes its code branch at its first call in a process: set it before any test imports
+# torch, as `bncourse.setup()` does in every notebook, so test processes and the notebooks'
+# kernels (which inherit this environment) compute the same bits on Intel and AMD CPUs.
+os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
 
 _durations: dict[str, float] = defaultdict(float)
 

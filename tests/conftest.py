@@ -14,7 +14,11 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _restore_torch_threads():
-    """`bncourse.setup(threads=...)` changes a process-wide setting: undo it after each test."""
-    threads = torch.get_num_threads()
+    """`bncourse.setup(threads=..., portable=...)` changes process-wide settings: undo them
+    after each test."""
+    threads, mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    nnpack = torch._C._get_nnpack_enabled()
     yield
     torch.set_num_threads(threads)
+    torch.backends.mkldnn.enabled = mkldnn
+    torch.backends.nnpack.set_flags(nnpack)
