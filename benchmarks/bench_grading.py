@@ -69,6 +69,9 @@ def main() -> None:
     parser.add_argument("--per-module", action="store_true",
                         help="also grade each module's notebook alone and time it")
     args = parser.parse_args()
+    # The feedback part runs the solutions' cells in this process, as a learner's kernel does:
+    # the same numerics (bncourse.setup's portable mode fixes MKL's branch at its first call).
+    bncourse.setup(seed=0, threads=1)
     print("protections:", ", ".join(f"{k}={v}" for k, v in active_protections().items()))
     print(f"cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f}")
 
